@@ -1,0 +1,102 @@
+"""Entry point: `python -m fasttrain --cfg configs/X.toml` trains; `python -m fasttrain eval --ckpt PATH` evaluates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fasttrain.errors import UserError, run_cli
+
+
+def _dotted_overrides(extra: list[str]) -> list[str]:
+    """`--train.epochs=3` and `--train.epochs 3` are the same as `--set train.epochs=3`."""
+    out, i = [], 0
+    while i < len(extra):
+        arg = extra[i]
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            raise UserError(f"unrecognized argument '{arg}' (see python -m fasttrain --help)")
+        if "=" in arg:
+            out.append(arg[2:])
+        elif i + 1 < len(extra):
+            out.append(f"{arg[2:]}={extra[i + 1]}")
+            i += 1
+        else:
+            raise UserError(f"override '{arg}' needs a value, e.g. {arg}=3")
+        i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's usage + exit 2 becomes our one line + exit 2
+        raise UserError(f"{message} (see python -m fasttrain --help)")
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m fasttrain", description="Train an image classifier from a TOML config.")
+    p.add_argument("--cfg", required=True, help="experiment config, e.g. configs/quickstart.toml")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (a TOML literal); repeatable; --section.key=value works too")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", help="'auto' (newest complete checkpoint in the run directory) or a checkpoint path")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return p
+
+
+def train_main(argv: list[str]) -> int:
+    from fasttrain.config import load_config, to_toml
+
+    args, extra = train_parser().parse_known_args(argv)
+    cfg = load_config(args.cfg, args.set + _dotted_overrides(extra))
+    if args.print_config:
+        print(to_toml(cfg), end="")
+        return 0
+    from fasttrain.engine.launch import run_training
+
+    cfg_name = Path(args.cfg).stem
+    out = Path(args.out) if args.out else Path("runs") / cfg_name
+    run_training(cfg, cfg_name=cfg_name, run_dir=out, resume=args.resume)
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m fasttrain eval", description="Top-1/top-5 of a saved checkpoint.")
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by fasttrain (runs/NAME/checkpoints/*.pt)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--backend", choices=["auto", "dali", "torch", "reference"], help="input pipeline (default: the run's)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    from fasttrain.engine.launch import evaluate_checkpoint
+
+    args = eval_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
+                                 batch_size=args.batch_size, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['split']} ({result['count']} images): "
+              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "eval":
+        return eval_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return train_main(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,1 @@
+"""The training engine: distributed setup, optimisation, checkpoints, metrics and the Trainer loop."""

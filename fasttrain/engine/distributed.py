@@ -1,0 +1,95 @@
+"""Process-group setup from the torchrun environment, the device of this rank, and exact reductions."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from fasttrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """"auto" takes CUDA when present; asking for CUDA on a machine without it is a user error."""
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise UserError(
+            "[train] device = \"cuda\" but no CUDA device is available here; "
+            "use --set train.device=cpu (or \"auto\") or run on a GPU machine"
+        )
+    if requested == "cpu" or not has_cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(requested_device: str, backend: str, timeout_s: int) -> DistInfo:
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun); start the process group when world > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        if chosen == "nccl" and device.type != "cuda":
+            raise UserError("[dist] backend = \"nccl\" needs CUDA devices; use \"gloo\" (or \"auto\") on CPU")
+        dist.init_process_group(
+            backend=chosen,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if chosen == "nccl" else None,
+        )
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor across ranks in place (exact counts, never an average of averages)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj: object, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, info: DistInfo) -> object:
+    """Rank 0's object on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,82 @@
+"""Wires a resolved config to a run: distributed init → data → Trainer → results; and checkpoint evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fasttrain.atomic import atomic_write_text
+from fasttrain.config import Config, from_dict, to_toml
+from fasttrain.engine import checkpoint as ckpt_io
+from fasttrain.engine.data_setup import open_dataset
+from fasttrain.engine.distributed import DistInfo, init_distributed, pick_device, shutdown
+from fasttrain.engine.run_dir import plan_resume
+from fasttrain.errors import UserError
+
+
+def _oom_error(cfg: Config, info: DistInfo) -> UserError:
+    per_rank = cfg.train.batch_size // info.world_size
+    return UserError(
+        f"CUDA out of memory at a per-rank batch of {per_rank}; lower it, e.g. --set train.batch_size={max(info.world_size, cfg.train.batch_size // 2)} "
+        f"(or raise train.grad_accum, or use more GPUs)"
+    )
+
+
+def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | None) -> dict[str, Any] | None:
+    from fasttrain.engine.trainer import Trainer
+
+    info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
+    log = print if info.is_main else (lambda msg: None)
+    try:
+        plan = plan_resume(run_dir, resume, log=log)
+        if plan.finished:
+            log(f"{run_dir} already holds a finished run (results.json); nothing to do")
+            return None
+        cache = open_dataset(cfg.data, info)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.toml", f"# resolved config of {cfg_name}\n" + to_toml(cfg))
+        try:
+            trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
+                              resume_state=plan.state, resume_path=plan.path, log=log)
+            results = trainer.fit()
+        except torch.OutOfMemoryError:
+            raise _oom_error(cfg, info) from None
+        summary = [f"done: {cfg_name} ({results['model']}, {results['params']:,} params) in {results['wall_time_s']:.0f}s"]
+        for key, label in (("test_top1", "test top-1"), ("test_top5", "top-5"), ("best_val_top1", "best val top-1"),
+                           ("ema_test_top1", "EMA test top-1"), ("images_per_s", "images/s")):
+            if results.get(key) is not None:
+                summary.append(f"{label} {results[key]:.4f}" if key != "images_per_s" else f"{label} {results[key]:.0f}")
+        log(" | ".join(summary) + f" | {run_dir}/results.json")
+        return results
+    finally:
+        shutdown(info)
+
+
+def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str) -> dict[str, Any]:
+    """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on."""
+    from fasttrain.data.pipelines import build_pipeline, resolve_backend
+    from fasttrain.engine.trainer import evaluate
+    from fasttrain.models import create_model
+
+    state = ckpt_io.load_checkpoint(path)
+    cfg = from_dict(state["config"], str(path))
+    info = DistInfo(0, 1, 0, pick_device(device, 0))
+    cache = open_dataset(cfg.data, info)
+    if split not in cache.splits:
+        raise UserError(f"the cache at {cache.path} has no '{split}' split (it has {', '.join(cache.splits)})")
+    model = create_model(cfg.model.name, num_classes=cache.num_classes, **cfg.model.knobs())
+    ckpt_io.check_fits(state, model_name=cfg.model.name, num_classes=cache.num_classes, model=model, path=path)
+    model.load_state_dict(state["model"])
+    model.to(info.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    chosen, _ = resolve_backend(backend or cfg.data.backend, info.device)
+    images, labels = cache.split(split)
+    pipe = build_pipeline(dataclasses.replace(cfg.data, backend=chosen), images, labels, train=False,
+                          batch_size=batch_size, rank=0, world_size=1, device=info.device, seed=cfg.train.seed)
+    result = evaluate(model, pipe, info, cfg.train.amp)
+    return {"model": cfg.model.name, "split": split, "checkpoint": str(path), **result}

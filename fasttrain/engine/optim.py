@@ -1,0 +1,59 @@
+"""Optimizers (sgd, adam, adamw) with optional no-decay groups, and per-step lr schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fasttrain.config import OptimConfig, SchedConfig
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Weight decay on weights of convs/linears; norms and biases (all 1-d params) without, unless asked."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if not decay_norm_and_bias and (p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(cfg: OptimConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        # Adam's own weight_decay is L2 added to the gradient (the study's setting), not decoupled.
+        return torch.optim.Adam(groups, lr=lr, betas=cfg.betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
+
+
+def lr_factor(cfg: SchedConfig, step: int, steps_per_epoch: int, total_steps: int, base_lr: float) -> float:
+    """Multiplier of the base lr at optimizer step `step` (0-based); warm-up is linear from warmup_start_factor."""
+    warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+    if step < warmup_steps:
+        return cfg.warmup_start_factor + (1.0 - cfg.warmup_start_factor) * step / warmup_steps
+    floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "step":
+        epoch = step / steps_per_epoch
+        return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(cfg: SchedConfig, optimizer: torch.optim.Optimizer, *, steps_per_epoch: int,
+                    total_steps: int, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-optimizer-step LambdaLR; its state is the step count, so it resumes exactly."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step, steps_per_epoch, total_steps, base_lr)
+    )

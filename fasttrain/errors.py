@@ -1,0 +1,35 @@
+"""User-facing errors: one clear line, exit status 2, no traceback unless asked for."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+USER_ERROR_EXIT = 2
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad config, missing data, corrupt file, wrong checkpoint).
+
+    The message is one line: what is wrong, where, and how to fix it.
+    """
+
+
+def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int:
+    """Run a CLI entry point, turning UserError into one line on stderr and exit status 2.
+
+    `debug` (or FASTTRAIN_DEBUG=1) re-raises so the full traceback is shown.
+    """
+    if debug is None:
+        debug = "--debug" in sys.argv or os.environ.get("FASTTRAIN_DEBUG") == "1"
+    try:
+        return int(main() or 0)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,39 @@
+"""The 2-D normalisation choices of the conv families ("bn", "gn", "none") and GroupNorm's group count."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn as nn
+
+CONV_NORMS = ("bn", "gn", "none")
+MAX_GROUPS = 32
+
+
+def group_norm_groups(channels: int) -> int:
+    """32 groups (the GroupNorm paper's default) when channels allow at least 2 per group.
+
+    Otherwise the largest power of two ≤ 32 that divides `channels` and leaves at least 2
+    channels per group (1 group for odd counts), so width-reduced variants still work:
+    64 → 32, 48 → 16, 32 → 16, 8 → 4, 6 → 2, 3 → 1.
+    """
+    groups = math.gcd(MAX_GROUPS, channels)
+    if groups > 1 and channels // groups < 2:
+        groups //= 2
+    return groups
+
+
+def make_norm2d(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, GroupNorm or Identity over `channels` channels."""
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(group_norm_groups(channels), channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm kind {kind!r}")
+
+
+def has_affine_norm(kind: str) -> bool:
+    """Whether a norm layer of `kind` carries a scale we can zero (zero_init_residual)."""
+    return kind in ("bn", "gn")

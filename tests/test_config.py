@@ -1,0 +1,131 @@
+"""Config schema: every shipped config validates; typos, wrong types and bad ranges are one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fasttrain.config import ConfigError, derive, load_config, parse_override, to_toml, from_dict, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+def test_configs_directory_has_every_study_experiment():
+    names = {p.stem for p in CONFIGS}
+    assert {"quickstart", "vgg19_bn", "vgg19", "resnet18", "resnet34", "resnet50", "resnet50_noskip",
+            "resnext50", "t2t_vit"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_config_validates_and_names_a_registered_model(path):
+    from fasttrain.models import create_model, model_knobs
+
+    cfg = load_config(path)
+    assert cfg.model.name in model_knobs.__globals__["list_models"]()
+    accepted = model_knobs(cfg.model.name)
+    assert set(cfg.model.knobs()) <= set(accepted)
+
+
+def test_study_hyperparameters_are_the_studys():
+    r18 = load_config(ROOT / "configs/resnet18.toml")
+    assert (r18.optim.name, r18.optim.lr, r18.optim.momentum, r18.sched.name, r18.train.epochs, r18.train.batch_size) == (
+        "sgd", 0.2, 0.9, "cosine", 100, 256)
+    rx = load_config(ROOT / "configs/resnext50.toml")
+    assert (rx.optim.lr, rx.train.batch_size) == (0.1, 128)
+    vgg = load_config(ROOT / "configs/vgg19.toml")
+    assert (vgg.optim.name, vgg.optim.lr, vgg.train.epochs, vgg.model.norm) == ("adam", 5e-4, 200, "none")
+    vit = load_config(ROOT / "configs/t2t_vit.toml")
+    d = derive(vit, world_size=1, train_size=80000)
+    assert d.lr == pytest.approx(5e-4 * 256 / 512)
+    assert vit.sched.warmup_epochs == 10 and vit.train.label_smoothing == 0.1 and vit.model.drop_path == 0.1
+
+
+def test_config_files_hold_only_differences():
+    for path in CONFIGS:
+        lines = [l for l in path.read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+        assert len(lines) <= 30, f"{path.name} repeats defaults ({len(lines)} lines)"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("[trian]\nepochs = 1\n", "unknown section [trian]; did you mean 'train'?"),
+    ("[train]\nepoch = 1\n", "unknown key 'epoch' in [train]; did you mean 'epochs'?"),
+    ("[train]\nepochs = \"three\"\n", "[train] epochs must be an integer"),
+    ("[train]\namp = \"bf17\"\n", "[train] amp must be one of 'bf16', 'fp16', 'off'"),
+    ("[optim]\nlr = -0.1\n", "[optim] lr must be positive"),
+    ("[train]\nbatch_size = 0\n", "[train] batch_size must be at least 1"),
+    ("[data]\nval_ratio = 1.0\n", "[data] val_ratio must be between 0 and 1"),
+    ("[train]\nepochs = 2\n[train]\nepochs = 3\n", "TOML syntax error"),
+    ("[train\nepochs = 2\n", "line 1"),
+    ("train = 3\n", "'train' must be a section"),
+    ("[data]\nmean = [0.5, 0.5]\n", "[data] mean must be a list of 3 numbers"),
+    ("[sched]\nname = \"step\"\n", "milestones must list at least one epoch"),
+])
+def test_bad_config_is_one_clear_error(tmp_path, text, fragment):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert fragment in str(err.value)
+    assert str(path) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_huge_and_deeply_nested_configs_are_refused(tmp_path):
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="over the"):
+        load_config(huge)
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(ConfigError):
+        load_config(deep)
+
+
+def test_overrides_are_toml_literals_checked_against_the_schema():
+    cfg = load_config(ROOT / "configs/quickstart.toml", ["train.epochs=3", "model.name=vgg11", "data.crop_scale=[0.5, 1.0]",
+                                                         "train.amp=\"bf16\""])
+    assert cfg.train.epochs == 3 and cfg.model.name == "vgg11" and cfg.data.crop_scale == (0.5, 1.0)
+    assert cfg.train.amp == "bf16"
+    with pytest.raises(ConfigError, match="not a TOML literal"):
+        parse_override("train.epochs=[1,")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_override("epochs=3")
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(ROOT / "configs/quickstart.toml", ["train.epochs=2.5"])
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(ROOT / "configs/t2t_vit.toml", ["train.epochs=17"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+    assert from_dict(to_dict(cfg), "x") == cfg
+
+
+def test_global_batch_must_divide_by_world_size():
+    cfg = load_config(ROOT / "configs/resnet18.toml")
+    assert derive(cfg, world_size=8, train_size=80000).per_rank_batch == 32
+    with pytest.raises(ConfigError, match="not divisible by the world size 3"):
+        derive(cfg, world_size=3, train_size=80000)
+
+
+def test_validate_does_not_mutate():
+    from fasttrain.config import validate
+
+    cfg = load_config(ROOT / "configs/resnet50.toml")
+    before = to_dict(cfg)
+    validate(cfg)
+    assert to_dict(cfg) == before
+
+
+def test_cli_print_config_and_bad_override_exit_codes():
+    ok = subprocess.run([sys.executable, "-m", "fasttrain", "--cfg", "configs/resnet18.toml", "--print-config",
+                         "--train.epochs=5"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "epochs = 5" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "fasttrain", "--cfg", "configs/resnet18.toml", "--set", "train.epoch=5"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "did you mean 'epochs'" in bad.stderr
+    assert "Traceback" not in bad.stderr
