@@ -25,12 +25,21 @@ def _oom_error(cfg: Config, info: DistInfo) -> UserError:
     )
 
 
+def check_model_config(cfg: Config) -> None:
+    """Build the configured model on the meta device: names, knobs and knob values checked, no memory used."""
+    from fasttrain.models import create_model
+
+    with torch.device("meta"):
+        create_model(cfg.model.name, num_classes=2, **cfg.model.knobs())
+
+
 def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | None) -> dict[str, Any] | None:
     from fasttrain.engine.trainer import Trainer
 
     info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     log = print if info.is_main else (lambda msg: None)
     try:
+        check_model_config(cfg)  # a wrong model name or knob fails before any data work
         plan = plan_resume(run_dir, resume, log=log)
         if plan.finished:
             log(f"{run_dir} already holds a finished run (results.json); nothing to do")
