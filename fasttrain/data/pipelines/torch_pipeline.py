@@ -1,0 +1,135 @@
+"""The `torch` backend: the split as a uint8 tensor on the device, crop/flip/normalize as batched tensor ops, no workers."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fasttrain.data.pipelines.base import BatchPipeline, normalize_scale_shift
+from fasttrain.data.pipelines.sampling import CropParams, sample_crop_params
+
+
+def _axis_taps(start: torch.Tensor, length: torch.Tensor, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-tap bilinear sampling of windows [start, start+length) to out_size pixels (half-pixel centres,
+    edges clamped inside the window, as PIL's resize of the cropped image does). Returns (low, high, frac)."""
+    centres = torch.arange(out_size, device=start.device, dtype=torch.float32).add_(0.5)
+    src = start[:, None] + centres[None] * (length / out_size)[:, None] - 0.5
+    first, last = start[:, None], (start + length - 1)[:, None]
+    src = torch.minimum(torch.maximum(src, first), last)
+    low = src.floor()
+    frac = src - low
+    high = torch.minimum(low + 1, last)
+    return low.long(), high.long(), frac
+
+
+class CropResizeNormalize:
+    """Per-sample windows resized to a square output in one batched pass, flipped and normalized.
+
+    Works on NHWC uint8 batches and writes NHWC floats, so the NCHW view it returns is
+    channels_last with no extra copy. Interpolation is separable: columns are gathered from the
+    uint8 rows (cheap, one byte per value), then whole rows of the column-resized image are
+    gathered, so the innermost dimension stays W×3 wide and the CPU vectorises it.
+    """
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, device: torch.device):
+        self.scale = torch.from_numpy(scale).to(device)
+        self.shift = torch.from_numpy(shift).to(device)
+        self.channel = torch.arange(3, device=device)
+
+    def __call__(self, batch: torch.Tensor, params: CropParams | None, out_size: int) -> torch.Tensor:
+        count, height, width, _ = batch.shape
+        if params is None:  # normalize only
+            out = batch.reshape(count, height, width * 3).float()
+            out.mul_(self.scale.repeat(width)).add_(self.shift.repeat(width))
+            return out.view(count, height, width, 3).permute(0, 3, 1, 2)
+        device = batch.device
+        if params.pad:
+            batch = torch.nn.functional.pad(batch, (0, 0, params.pad, params.pad, params.pad, params.pad))
+            count, height, width, _ = batch.shape
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device, non_blocking=True)
+        top, left = as_tensor(params.top + params.pad), as_tensor(params.left + params.pad)
+        row_low, row_high, row_frac = _axis_taps(top, as_tensor(params.height), out_size)
+        col_low, col_high, col_frac = _axis_taps(left, as_tensor(params.width), out_size)
+        if params.flip.any():
+            flip = torch.from_numpy(params.flip).to(device)[:, None]
+            col_low = torch.where(flip, col_low.flip(1), col_low)
+            col_high = torch.where(flip, col_high.flip(1), col_high)
+            col_frac = torch.where(flip, col_frac.flip(1), col_frac)
+
+        rows = batch.reshape(count, height, width * 3)
+        spread = lambda cols: (cols[:, :, None] * 3 + self.channel).reshape(count, 1, out_size * 3).expand(count, height, out_size * 3)
+        left_vals = torch.gather(rows, 2, spread(col_low)).float()
+        right_vals = torch.gather(rows, 2, spread(col_high)).float()
+        resized_cols = torch.lerp(left_vals, right_vals, col_frac.repeat_interleave(3, dim=1)[:, None, :])
+
+        flat_rows = resized_cols.view(count * height, out_size * 3)
+        base = (torch.arange(count, device=device) * height)[:, None]
+        upper = flat_rows.index_select(0, (base + row_low).view(-1)).view(count, out_size, out_size * 3)
+        lower = flat_rows.index_select(0, (base + row_high).view(-1)).view(count, out_size, out_size * 3)
+        out = torch.lerp(upper, lower, row_frac[:, :, None])
+        out.mul_(self.scale.repeat(out_size)).add_(self.shift.repeat(out_size))
+        return out.view(count, out_size, out_size, 3).permute(0, 3, 1, 2)
+
+
+class TorchPipeline(BatchPipeline):
+    """Batched tensor-op augmentation. The whole split lives on the device when it fits under
+    data.device_memory_cap_gb (on CPU the cache memmap is used in place); otherwise each batch is
+    gathered on the host into pinned memory and copied non_blocking one batch ahead of use."""
+
+    backend = "torch"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.kernel = CropResizeNormalize(*normalize_scale_shift(self.cfg), self.device)
+        cap_bytes = self.cfg.device_memory_cap_gb * (1 << 30)
+        self.resident = self.device.type == "cpu" or self.images.nbytes <= cap_bytes
+        if self.resident:
+            with warnings.catch_warnings():
+                # a read-only memmap is fine: the pipeline never writes to it
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.stored = torch.from_numpy(self.images).to(self.device)
+        self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+
+    def _stage(self, indices: np.ndarray, slot: int) -> torch.Tensor:
+        """Start moving one batch of uint8 images to the device."""
+        if self.resident:
+            return self.stored.index_select(0, torch.from_numpy(indices).to(self.device))
+        pinned = self.device.type == "cuda"
+        while len(self._staging) <= slot:
+            buffer = torch.empty((self.plan.batch_size,) + self.images.shape[1:], dtype=torch.uint8, pin_memory=pinned)
+            self._staging.append((buffer, None))
+        buffer, in_flight = self._staging[slot]
+        if in_flight is not None:
+            in_flight.synchronize()  # the previous copy out of this buffer must finish before we overwrite it
+        host = buffer[: len(indices)]
+        np.take(self.images, indices, axis=0, out=host.numpy())
+        moved = host.to(self.device, non_blocking=True)
+        done = None
+        if pinned:
+            done = torch.cuda.Event()
+            done.record()
+        self._staging[slot] = (buffer, done)
+        return moved
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self.plan.batches(epoch, start)
+        if not batches:
+            return
+        size = self.cfg.image_size
+        upcoming = self._stage(batches[0], 0)
+        for k, indices in enumerate(batches):
+            current = upcoming
+            if k + 1 < len(batches):
+                upcoming = self._stage(batches[k + 1], (k + 1) % 2)
+            params = None
+            if self.augment != "none":
+                params = sample_crop_params(
+                    self.plan.batch_rng(epoch, start + k), len(indices), self.images.shape[1], self.images.shape[2],
+                    augment=self.augment, output_size=size, scale=self.cfg.crop_scale, ratio=self.cfg.crop_ratio,
+                    pad=self.cfg.pad, hflip=self.cfg.hflip,
+                )
+            images = self.kernel(current, params, size)
+            yield images.to(self.output_dtype), self._labels_on_device(indices)
