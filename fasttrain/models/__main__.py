@@ -38,11 +38,11 @@ def model_table(num_classes: int, image_size: int) -> list[tuple[str, int, float
     return rows
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fasttrain.models", description=__doc__)
     parser.add_argument("--num-classes", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = model_table(args.num_classes, args.image_size)
     width = max(len(name) for name, _, _ in rows)
     print(f"{'model':<{width}}  {'parameters':>12}  {'GFLOPs/image':>12}")
