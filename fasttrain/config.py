@@ -85,6 +85,12 @@ class ModelConfig:
     num_heads: Optional[int] = None
     t2t_kernels: Optional[list[int]] = None
     t2t_strides: Optional[list[int]] = None
+    token_dim: Optional[int] = None
+    mlp_ratio: Optional[float] = None
+    img_size: Optional[int] = None
+    """T2T-ViT input size; unset means data.image_size."""
+    head: Optional[str] = None
+    """VGG classifier head: "compact" (64×64 default) or "imagenet" (torchvision's)."""
 
     def knobs(self) -> dict[str, Any]:
         """The knobs the user set (unset ones keep the model's own defaults)."""
