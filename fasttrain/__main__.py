@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -89,8 +90,23 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+_MESSAGES = logging.StreamHandler()
+_MESSAGES.setFormatter(logging.Formatter("%(message)s"))
+
+
+def show_logged_messages() -> None:
+    """fasttrain.data logs what it does to the cache (reused; rebuilt, and which file failed its check;
+    images skipped): show those lines on stdout like the trainer's own."""
+    _MESSAGES.stream = sys.stdout  # the current stdout, also when main() runs more than once in a process
+    logger = logging.getLogger("fasttrain")
+    logger.setLevel(logging.INFO)
+    if _MESSAGES not in logger.handlers:
+        logger.addHandler(_MESSAGES)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    show_logged_messages()
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
     if argv and argv[0] == "train":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -35,19 +36,29 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
     return [p for _, _, p in sorted(found)]
 
 
+def save_trusted(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` to `path` atomically; a failed write (disk full) is one clear CheckpointError."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)  # serialize first: torch.save turns a failed file write into an opaque RuntimeError
+    try:
+        atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    except OSError as err:
+        raise CheckpointError(
+            f"could not write {path}: {err.strerror or err}; the previous checkpoint is intact "
+            f"(free disk space, then rerun with --resume auto)"
+        ) from None
+
+
 def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike, *, epoch: int, step: int, keep: int) -> Path:
     """Write atomically (temporary file, fsync, os.replace), then prune to the latest `keep`."""
     path = Path(directory) / checkpoint_name(epoch, step)
-    payload = dict(state, format=CKPT_FORMAT)
-    try:
-        atomic_write(path, lambda f: torch.save(payload, f))
-    except OSError as err:
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {err.strerror or err}; the previous checkpoint is intact "
-            f"(free disk space, then rerun with --resume auto)"
-        ) from None
+    save_trusted(dict(state, format=CKPT_FORMAT), path)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+    # Only this process writes checkpoints here: a temporary file left now is from a writer that was killed.
+    for leftover in Path(directory).glob(".ckpt_e*.pt.*.tmp"):
+        leftover.unlink(missing_ok=True)
     return path
 
 
@@ -65,6 +76,7 @@ def load_trusted(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (give an existing .pt file to --resume/--ckpt, or --resume auto)")
+    _check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -75,10 +87,26 @@ def load_trusted(path: str | os.PathLike) -> Any:
                 f"(only tensors and plain data are trusted): {first[:200]}"
             ) from None
         raise CheckpointError(f"checkpoint {path} is corrupt ({first[:160]}); use an earlier checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except Exception as err:  # a damaged archive surfaces as many error types (RuntimeError, UnicodeDecodeError, ...)
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({msg[:160]}); use an earlier checkpoint") from None
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """Check every record of the zip archive torch.save writes against its CRC-32.
+
+    torch.load does not: a flipped byte inside a tensor would load as a silently wrong weight.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a complete archive: {err}); "
+                              f"use an earlier checkpoint") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt (record {bad} fails its CRC-32 check); "
+                              f"use an earlier checkpoint")
 
 
 def newest_loadable(directory: str | os.PathLike, log=print) -> tuple[Path, dict[str, Any]] | None:

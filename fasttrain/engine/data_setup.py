@@ -37,7 +37,7 @@ def _check_source_present(cfg: DataConfig) -> None:
 
 def build_cache(cfg: DataConfig):
     """Make sure the cache exists and matches the config; return the opened Cache (single process)."""
-    from fasttrain.data.cache import open_cache
+    from fasttrain.data.cache import CacheError, open_cache
     from fasttrain.data.prepare import prepare_cache
 
     _check_source_present(cfg)
@@ -64,7 +64,11 @@ def build_cache(cfg: DataConfig):
         workers=cfg.prepare_workers or None,
         download=cfg.download,
     )
-    return open_cache(path)
+    # prepare_cache checks sizes and headers only; the checksums also catch a flipped byte before training uses it.
+    try:
+        return open_cache(path, verify=True)
+    except CacheError as err:
+        raise CacheError(f"{err} (delete {path} and rerun: it is rebuilt from {cfg.root})") from None
 
 
 def open_dataset(cfg: DataConfig, info: DistInfo):

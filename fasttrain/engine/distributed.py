@@ -53,12 +53,29 @@ def init_distributed(requested_device: str, backend: str, timeout_s: int) -> Dis
         chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         if chosen == "nccl" and device.type != "cuda":
             raise UserError("[dist] backend = \"nccl\" needs CUDA devices; use \"gloo\" (or \"auto\") on CPU")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _this_attempts_store(world_size, timeout)
         dist.init_process_group(
             backend=chosen,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=timeout,
             device_id=device if chosen == "nccl" else None,
+            **({"store": store, "rank": rank, "world_size": world_size} if store is not None else {}),
         )
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _this_attempts_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun, the agent's store with keys of its own for this restart attempt; None elsewhere.
+
+    torchrun keeps one store across worker restarts and (torch 2.14) the previous attempt's process-group
+    keys stay in it: a restarted gloo group reads the dead workers' addresses and hangs until the timeout
+    (pytorch/pytorch#135712). A prefix per TORCHELASTIC_RESTART_COUNT keeps the attempts apart.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent_store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                                is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fasttrain/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", agent_store)
 
 
 def barrier(info: DistInfo) -> None:

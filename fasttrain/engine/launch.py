@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from fasttrain.atomic import atomic_write_text
 from fasttrain.config import Config, from_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.data_setup import open_dataset
+from fasttrain.engine.model_setup import build_model, check_model_config
 from fasttrain.engine.distributed import DistInfo, init_distributed, pick_device, shutdown
 from fasttrain.engine.run_dir import plan_resume
 from fasttrain.errors import UserError
@@ -23,14 +25,6 @@ def _oom_error(cfg: Config, info: DistInfo) -> UserError:
         f"CUDA out of memory at a per-rank batch of {per_rank}; lower it, e.g. --set train.batch_size={max(info.world_size, cfg.train.batch_size // 2)} "
         f"(or raise train.grad_accum, or use more GPUs)"
     )
-
-
-def check_model_config(cfg: Config) -> None:
-    """Build the configured model on the meta device: names, knobs and knob values checked, no memory used."""
-    from fasttrain.models import create_model
-
-    with torch.device("meta"):
-        create_model(cfg.model.name, num_classes=2, **cfg.model.knobs())
 
 
 def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | None) -> dict[str, Any] | None:
@@ -45,15 +39,19 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
             log(f"{run_dir} already holds a finished run (results.json); nothing to do")
             return None
         cache = open_dataset(cfg.data, info)
-        if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.toml", f"# resolved config of {cfg_name}\n" + to_toml(cfg))
         try:
             trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
                               resume_state=plan.state, resume_path=plan.path, log=log)
+            if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
+                atomic_write_text(run_dir / "config.toml", f"# resolved config of {cfg_name}\n" + to_toml(cfg))
             results = trainer.fit()
         except torch.OutOfMemoryError:
             raise _oom_error(cfg, info) from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(f"disk full while writing {err.filename or run_dir} ({err.strerror}); free space, then "
+                            f"rerun with --resume auto (the newest complete checkpoint is intact)") from None
         summary = [f"done: {cfg_name} ({results['model']}, {results['params']:,} params) in {results['wall_time_s']:.0f}s"]
         for key, label in (("test_top1", "test top-1"), ("test_top5", "top-5"), ("best_val_top1", "best val top-1"),
                            ("ema_test_top1", "EMA test top-1"), ("images_per_s", "images/s")):
@@ -69,7 +67,6 @@ def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_si
     """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on."""
     from fasttrain.data.pipelines import build_pipeline, resolve_backend
     from fasttrain.engine.trainer import evaluate
-    from fasttrain.models import create_model
 
     state = ckpt_io.load_checkpoint(path)
     cfg = from_dict(state["config"], str(path))
@@ -77,7 +74,7 @@ def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_si
     cache = open_dataset(cfg.data, info)
     if split not in cache.splits:
         raise UserError(f"the cache at {cache.path} has no '{split}' split (it has {', '.join(cache.splits)})")
-    model = create_model(cfg.model.name, num_classes=cache.num_classes, **cfg.model.knobs())
+    model = build_model(cfg, cache.num_classes)
     ckpt_io.check_fits(state, model_name=cfg.model.name, num_classes=cache.num_classes, model=model, path=path)
     model.load_state_dict(state["model"])
     model.to(info.device)

@@ -21,6 +21,7 @@ class MetricsWriter:
     """Appends one JSON line per logged step and per epoch; mirrors numbers to TensorBoard."""
 
     def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int | None):
+        run_dir.mkdir(parents=True, exist_ok=True)
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None:
             self._truncate_after(resume_step)

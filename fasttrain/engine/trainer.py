@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fasttrain.atomic import atomic_write, atomic_write_json
+from fasttrain.atomic import atomic_write_json
 from fasttrain.config import Config, Derived, derive, to_dict
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum
@@ -112,10 +112,12 @@ class Trainer:
         self._build_optimisation()
         self.epoch, self.step, self.elapsed_before = 0, 0, 0.0
         self.best_val, self.best_epoch, self.best_state = -1.0, -1, None
+        self.sums = {"epoch": self._new_sums(), "window": self._new_sums()}
         if resume_state is not None:
             self._restore(resume_state, resume_path)
+        # A fresh start also clears lines of an earlier attempt that died before its first checkpoint.
         self.metrics = MetricsWriter(run_dir, tensorboard=cfg.log.tensorboard,
-                                     resume_step=self.step if resume_state is not None else None) if info.is_main else None
+                                     resume_step=self.step) if info.is_main else None
 
     # ---- build (fixed order) ----
     def _configure_backends(self) -> None:
@@ -129,10 +131,10 @@ class Trainer:
         seed_everything(t.seed)  # identical initial weights on every rank
 
     def _build_model(self) -> None:
-        from fasttrain.models import create_model
+        from fasttrain.engine.model_setup import build_model
 
         cfg = self.cfg
-        model = create_model(cfg.model.name, num_classes=self.cache.num_classes, **cfg.model.knobs())
+        model = build_model(cfg, self.cache.num_classes)
         model.to(self.device)
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -205,6 +207,8 @@ class Trainer:
             "step": self.step,
             "pipeline": self.train_pipe.state_dict(),
             "rng": rng,
+            "sums": all_gather_objects({name: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v
+                                               for k, v in sums.items()} for name, sums in self.sums.items()}, self.info),
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t_start),
@@ -238,6 +242,9 @@ class Trainer:
         if saved_world == self.info.world_size:
             self.train_pipe.load_state_dict(state["pipeline"])
             restore_rng(state["rng"][self.info.rank])
+            if state.get("sums") is not None:  # mid-epoch: the epoch record and the next log line cover every step
+                self.sums = {name: {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in sums.items()}
+                             for name, sums in state["sums"][self.info.rank].items()}
         else:
             # Another world size shards differently: continue at the next epoch boundary.
             self.log(f"resume: world size changed {saved_world} → {self.info.world_size}; continuing from the start of epoch {self.epoch + 1}")
@@ -307,7 +314,7 @@ class Trainer:
         self.log(f"model: {cfg.model.name} {self.num_params:,} params | {info.world_size} rank(s) on {self.device.type} | "
                  f"global batch {cfg.train.batch_size} (per rank {self.derived.per_rank_batch}) | {self.steps_per_epoch} steps/epoch | "
                  f"amp {cfg.train.amp} | compile {cfg.compile.mode}")
-        self.images_timed, self.time_timed = 0, 0.0
+        self.images_timed, self.time_timed, self.windows_logged = 0, 0.0, 0
         self.skipped_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         for epoch in range(self.epoch, cfg.train.epochs):
             if self.step >= total_steps:
@@ -325,12 +332,18 @@ class Trainer:
     def _epoch_finished(self, epoch: int) -> bool:
         return self.step >= (epoch + 1) * self.steps_per_epoch
 
+    def _new_sums(self) -> dict[str, Any]:
+        """This rank's loss, correct, image and step sums over an epoch or a log window (checkpointed)."""
+        return {"loss": torch.zeros((), device=self.device),
+                "correct": torch.zeros((), dtype=torch.int64, device=self.device), "images": 0, "steps": 0}
+
     def _train_epoch(self, epoch: int, total_steps: int) -> None:
         cfg, info = self.cfg, self.info
         pipe = self.train_pipe
         position = pipe.state_dict().get("position", 0) if pipe.state_dict().get("epoch") == epoch else 0
         if position == 0:
             pipe.set_epoch(epoch)
+            self.sums = {"epoch": self._new_sums(), "window": self._new_sums()}
         self.forward.train()
         steps_left = min(self.steps_per_epoch - position // cfg.train.grad_accum, total_steps - self.step)
         bar = None
@@ -340,65 +353,58 @@ class Trainer:
             bar = tqdm(total=self.steps_per_epoch, initial=position // cfg.train.grad_accum,
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True, leave=False)
         batches = iter(pipe)
-        window_loss = torch.zeros((), device=self.device)
-        window_correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        window_images, window_steps = 0, 0
-        epoch_loss = torch.zeros((), device=self.device)
-        epoch_correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        epoch_images = 0
         self.data_wait = 0.0
-        window_start = time.perf_counter()
+        window_start, timed_images = time.perf_counter(), 0
         for _ in range(steps_left):
             log_now = (self.step + 1) % cfg.log.every_steps == 0
             loss, correct, n = self._train_step(batches)
             grad_norm = self._optimizer_step(want_norm=log_now)
-            window_loss += loss
-            window_correct += correct
-            epoch_loss += loss
-            epoch_correct += correct
-            window_images += n
-            epoch_images += n
-            window_steps += 1
+            for sums in self.sums.values():
+                sums["loss"] += loss
+                sums["correct"] += correct
+                sums["images"] += n
+                sums["steps"] += 1
+            timed_images += n
             if log_now:
-                self._log_window(epoch, window_loss, window_correct, window_images, window_steps,
-                                 window_start, grad_norm, bar)
-                window_loss.zero_()
-                window_correct.zero_()
-                window_images, window_steps = 0, 0
+                self._log_window(epoch, self.sums["window"], timed_images, window_start, grad_norm, bar)
+                self.sums["window"] = self._new_sums()
                 self.data_wait = 0.0
-                window_start = time.perf_counter()
+                window_start, timed_images = time.perf_counter(), 0
             if bar is not None:
                 bar.update(1)
             if cfg.ckpt.every_steps and self.step % cfg.ckpt.every_steps == 0 and not self._epoch_finished(epoch):
-                check = epoch_loss.detach().clone()
+                check = self.sums["epoch"]["loss"].detach().clone()
                 all_reduce_sum(check, info)
                 self._check_finite(check.item(), epoch)
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
-        sums = torch.stack([epoch_loss.float(), epoch_correct.float()]).to(torch.float64)
+        totals = self.sums["epoch"]
+        sums = torch.stack([totals["loss"].float(), totals["correct"].float()]).to(torch.float64)
         all_reduce_sum(sums, info)
         self.train_epoch_stats = {
-            "train_loss": sums[0].item() / max(1, steps_left * info.world_size),
-            "train_top1": sums[1].item() / max(1, epoch_images * info.world_size),
+            "train_loss": sums[0].item() / max(1, totals["steps"] * info.world_size),
+            "train_top1": sums[1].item() / max(1, totals["images"] * info.world_size),
         }
 
-    def _log_window(self, epoch, window_loss, window_correct, window_images, window_steps, window_start, grad_norm, bar):
+    def _log_window(self, epoch, window: dict[str, Any], timed_images: int, window_start, grad_norm, bar):
+        """Log the window's loss and top-1 (its sums may start before a resume); time only this process's steps."""
         info = self.info
-        stats = torch.stack([window_loss.float(), window_correct.float()]).to(torch.float64)
+        stats = torch.stack([window["loss"].float(), window["correct"].float()]).to(torch.float64)
         all_reduce_sum(stats, info)  # host sync happens here, on log steps only
-        loss = stats[0].item() / (window_steps * info.world_size)
+        loss = stats[0].item() / (window["steps"] * info.world_size)
         self._check_finite(loss, epoch)
         elapsed = time.perf_counter() - window_start
-        images = window_images * info.world_size
+        images = timed_images * info.world_size
         ips = images / elapsed if elapsed > 0 else 0.0
-        if self.step > window_steps:  # the first window holds compilation and warm-up: not counted in throughput
+        if self.windows_logged > 0:  # a process's first window holds compilation and warm-up: not counted
             self.images_timed += images
             self.time_timed += elapsed
+        self.windows_logged += 1
         values = {
             "epoch": epoch,
             "loss": loss,
-            "top1": stats[1].item() / images,
+            "top1": stats[1].item() / (window["images"] * info.world_size),
             "lr": self.optimizer.param_groups[0]["lr"],
             "images_per_s": ips,
             "data_wait_pct": 100.0 * self.data_wait / elapsed if elapsed > 0 else 0.0,
@@ -441,8 +447,7 @@ class Trainer:
                 self.best_val, self.best_epoch = val["top1"], epoch + 1
                 self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                 if self.info.is_main:
-                    atomic_write(self.run_dir / "best_model.pt",
-                                 lambda f: torch.save({"model": self.best_state, "epoch": epoch + 1}, f))
+                    ckpt_io.save_trusted({"model": self.best_state, "epoch": epoch + 1}, self.run_dir / "best_model.pt")
         if self.metrics is not None:
             self.metrics.write("epoch", self.step, record, tb_prefix="epoch")
         val_text = f" | val top-1 {record['val_top1']:.4f}" if "val_top1" in record else ""
