@@ -11,37 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# A tiny, deterministic run on a tiny synthetic set: every run of this file shares one data root.
-TINY = [
-    "data.source=synthetic", "data.image_size=32", "data.synth_classes=4", "data.synth_per_class=40",
-    "data.synth_val_per_class=10", "data.backend=torch", "data.prepare_workers=1",
-    "model.name=resnet18", "model.width=0.125", "model.layers=[1,1,1,1]",
-    "train.batch_size=16", "train.amp=off", "train.deterministic=true", "log.every_steps=1",
-    "log.progress=false", "log.tensorboard=false",
-]
+from tiny_runs import ROOT, run_cli, subprocess_env, tiny_args
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny_data") / "synthetic"
-
-
-def run_cli(args, *, cwd=ROOT, env=None, timeout=600, check=True):
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
-    proc = subprocess.run([sys.executable, "-m", "fasttrain", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def tiny_args(data_root, out, *extra):
-    args = ["--cfg", str(ROOT / "configs/quickstart.toml"), "--out", str(out), "--set", f"data.root=\"{data_root}\""]
-    for item in TINY + list(extra):
-        args += ["--set", item]
-    return args
 
 
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:
@@ -111,7 +86,7 @@ def test_two_process_ddp_matches_one_process(data_root, tmp_path):
     run_cli(tiny_args(data_root, single, *common))
     double = tmp_path / "double"
     args = tiny_args(data_root, double, *common)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = subprocess_env()
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "fasttrain", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
