@@ -133,7 +133,8 @@ class TrainConfig:
     """The global batch: each of N ranks takes batch_size / N."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["bf16", "fp16", "off"] = "bf16"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    """"auto": bf16 where the device runs it natively (most GPUs; CPUs with AVX512-BF16/AMX), fp16 on older GPUs, else off."""
     channels_last: bool = True
     tf32: bool = True
     deterministic: bool = False

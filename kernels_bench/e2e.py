@@ -18,7 +18,8 @@ import torch
 
 from kernels_bench.measure.timing import load_average, time_calls
 from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
-from kernels_bench.measure.trainer_run import cpu_has_fast_bf16, data_overrides, train_for_steps
+from fasttrain.engine.precision import resolve_amp
+from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
 
 PROFILES = {
     "full": {"model": "resnet50", "knobs": {}, "batch": 256, "steps": 50, "log_every": 10, "image_size": 64,
@@ -46,7 +47,7 @@ def _profile(args) -> str:
 
 
 def _fast_settings(args, device: torch.device) -> StepSettings:
-    amp = args.amp if args.amp != "auto" else ("bf16" if device.type == "cuda" or cpu_has_fast_bf16() else "off")
+    amp = resolve_amp(args.amp, device)
     compiled = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
     return StepSettings(channels_last=True, amp=amp, compile=compiled)
 

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
                 for seed in range(seeds):
                     trainer = train_for_steps(common + settings + [f"train.seed={seed}"],
                                               workdir / f"{family}_{path}_{seed}", args.device)
-                    finals[path].append(evaluate(trainer.model, trainer.eval_pipes["test"], trainer.info, trainer.cfg.train.amp))
+                    finals[path].append(evaluate(trainer.model, trainer.eval_pipes["test"], trainer.info, trainer.amp))
                     if path == "study" and seed == 0:
                         images, _ = next(iter(trainer.eval_pipes["test"]))
                         forward_error = _forward_parity(trainer.model, images, compiled, device)

@@ -52,7 +52,7 @@ def test_config_files_hold_only_differences():
     ("[trian]\nepochs = 1\n", "unknown section [trian]; did you mean 'train'?"),
     ("[train]\nepoch = 1\n", "unknown key 'epoch' in [train]; did you mean 'epochs'?"),
     ("[train]\nepochs = \"three\"\n", "[train] epochs must be an integer"),
-    ("[train]\namp = \"bf17\"\n", "[train] amp must be one of 'bf16', 'fp16', 'off'"),
+    ("[train]\namp = \"bf17\"\n", "[train] amp must be one of 'auto', 'bf16', 'fp16', 'off'"),
     ("[optim]\nlr = -0.1\n", "[optim] lr must be positive"),
     ("[train]\nbatch_size = 0\n", "[train] batch_size must be at least 1"),
     ("[data]\nval_ratio = 1.0\n", "[data] val_ratio must be between 0 and 1"),

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import fasttrain.atomic
 from fasttrain.data.cache import CacheError, open_cache

@@ -20,9 +20,8 @@ from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum
 from fasttrain.engine.metrics import MetricsWriter
 from fasttrain.engine.optim import build_optimizer, build_scheduler
+from fasttrain.engine.precision import autocast, resolve_amp
 from fasttrain.errors import UserError
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLoss(UserError):
@@ -75,9 +74,9 @@ def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str) -> dict
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
-    autocast = torch.autocast(info.device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off")
+    amp = resolve_amp(amp, info.device)
     for images, labels in pipeline:
-        with autocast:
+        with autocast(amp, info.device):
             logits = model(images)
         logits = logits.float()
         k = min(5, logits.shape[1])
@@ -103,6 +102,7 @@ class Trainer:
         self.cfg, self.cfg_name, self.run_dir, self.info, self.cache = cfg, cfg_name, run_dir, info, cache
         self.log = log if info.is_main else (lambda msg: None)
         self.device = info.device
+        self.amp = resolve_amp(cfg.train.amp, info.device)
         self.ckpt_dir = run_dir / "checkpoints"
         train_images, _ = cache.split("train")
         self.derived: Derived = derive(cfg, world_size=info.world_size, train_size=len(train_images), where=cfg_name)
@@ -180,7 +180,7 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optim, self.model, self.derived.lr)
         self.scheduler = build_scheduler(cfg.sched, self.optimizer, steps_per_epoch=self.steps_per_epoch,
                                          total_steps=self.steps_per_epoch * cfg.train.epochs, base_lr=self.derived.lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.mixup = None
         t = cfg.train
         if t.mixup > 0 or t.cutmix > 0:
@@ -253,8 +253,7 @@ class Trainer:
 
     # ---- loop ----
     def _autocast(self):
-        amp = self.cfg.train.amp
-        return torch.autocast(self.device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off")
+        return autocast(self.amp, self.device)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.ndim == 2:  # soft targets from mixup/cutmix (label smoothing folded in)
@@ -313,7 +312,7 @@ class Trainer:
         self.t_start = time.perf_counter()
         self.log(f"model: {cfg.model.name} {self.num_params:,} params | {info.world_size} rank(s) on {self.device.type} | "
                  f"global batch {cfg.train.batch_size} (per rank {self.derived.per_rank_batch}) | {self.steps_per_epoch} steps/epoch | "
-                 f"amp {cfg.train.amp} | compile {cfg.compile.mode}")
+                 f"amp {self.amp} | compile {cfg.compile.mode}")
         self.images_timed, self.time_timed, self.windows_logged = 0, 0.0, 0
         self.skipped_steps = torch.zeros((), dtype=torch.int64, device=self.device)
         for epoch in range(self.epoch, cfg.train.epochs):
@@ -438,10 +437,10 @@ class Trainer:
                   "wall_time_s": self.elapsed_before + time.perf_counter() - self.t_start}
         last_epoch = epoch + 1 == cfg.train.epochs or self.step >= self.derived.total_steps
         if "val" in self.eval_pipes and ((epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch):
-            val = evaluate(self.model, self.eval_pipes["val"], self.info, cfg.train.amp)
+            val = evaluate(self.model, self.eval_pipes["val"], self.info, self.amp)
             record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             if self.ema is not None:
-                ema_val = evaluate(self.ema.module, self.eval_pipes["val"], self.info, cfg.train.amp)
+                ema_val = evaluate(self.ema.module, self.eval_pipes["val"], self.info, self.amp)
                 record.update(ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
             if val["top1"] > self.best_val:
                 self.best_val, self.best_epoch = val["top1"], epoch + 1
@@ -483,15 +482,15 @@ class Trainer:
         for split in ("val", "test"):
             if split not in self.eval_pipes:
                 continue
-            final = evaluate(self.model, self.eval_pipes[split], self.info, cfg.train.amp)
+            final = evaluate(self.model, self.eval_pipes[split], self.info, self.amp)
             results[f"{split}_top1"], results[f"{split}_top5"] = final["top1"], final["top5"]
             if self.ema is not None:
-                ema = evaluate(self.ema.module, self.eval_pipes[split], self.info, cfg.train.amp)
+                ema = evaluate(self.ema.module, self.eval_pipes[split], self.info, self.amp)
                 results[f"ema_{split}_top1"], results[f"ema_{split}_top5"] = ema["top1"], ema["top5"]
         if "test" in self.eval_pipes and self.best_state is not None:
             best = copy.deepcopy(self.model)
             best.load_state_dict(self.best_state)
-            bt = evaluate(best, self.eval_pipes["test"], self.info, cfg.train.amp)
+            bt = evaluate(best, self.eval_pipes["test"], self.info, self.amp)
             results["best_test_top1"], results["best_test_top5"] = bt["top1"], bt["top5"]
         if self.info.is_main:
             self.metrics.close()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fasttrain.config import OptimConfig
 from fasttrain.engine.optim import build_optimizer
-from fasttrain.engine.trainer import AMP_DTYPES
+from fasttrain.engine.precision import AMP_DTYPES
 from fasttrain.models import create_model
 
 

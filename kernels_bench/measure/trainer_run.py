@@ -13,11 +13,6 @@ from fasttrain.engine.distributed import DistInfo
 from fasttrain.engine.trainer import Trainer
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels here (AVX512-BF16/AMX); without them autocast to bf16 is emulated and slower."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def data_overrides(root: Path, *, image_size: int, classes: int, per_class: int, test_per_class: int,
                    val_ratio: float = 0.05) -> list[str]:
     """The learnable synthetic set under `root` (written and cached on first use, reused after)."""
