@@ -1,0 +1,180 @@
+"""Turn a suite into checked runs: each run's overrides, resolved config, run directory and command.
+
+Every run is checked here, before any run starts: its config file and overrides against the
+schema (load_config), its model and knobs by building the model on the meta device and passing
+one batch of the data's image size through it, and its run directory against the config it holds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fasttrain.config import Config, ConfigError, from_dict, load_config, read_toml, to_dict
+from fasttrain.errors import UserError
+from fasttrain.study.suite import RunSpec, Suite, SuiteError
+
+# Without a prepared cache the class count is unknown; it changes no shape the check cares about.
+_TINY_IMAGENET_CLASSES = 200
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str
+    config_path: Path
+    overrides: tuple[str, ...]
+    """Every `--set` the run gets, in order: suite, run, [quick], run quick, command line."""
+    run_dir: Path
+    cfg: Config
+
+
+def display_path(path: Path) -> str:
+    """A path relative to the current directory when it lies below it (shorter commands), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def run_overrides(suite: Suite, spec: RunSpec, *, quick: bool, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    quick_part = suite.quick_overrides + spec.quick_overrides if quick else ()
+    return suite.overrides + spec.overrides + quick_part + tuple(extra)
+
+
+def check_model(cfg: Config, where: str) -> None:
+    """Build the model on the meta device (no memory, no init cost) and run one batch through it."""
+    import torch
+
+    from fasttrain.models import create_model
+
+    num_classes = cfg.data.synth_classes if cfg.data.source == "synthetic" else _TINY_IMAGENET_CLASSES
+    size = cfg.data.image_size
+    try:
+        with torch.device("meta"):
+            model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.knobs())
+        # Outside the device context and without autograd: the shape check costs ~0.1 s even for ResNet50.
+        with torch.no_grad():
+            model.eval()(torch.empty(2, 3, size, size, device="meta"))
+    except UserError as err:
+        raise SuiteError(f"{where}: {err}") from None
+    except Exception as err:  # a shape the knobs make impossible (e.g. zero channels)
+        knobs = ", ".join(f"{k}={v!r}" for k, v in cfg.model.knobs().items()) or "default knobs"
+        raise SuiteError(
+            f"{where}: model {cfg.model.name} ({knobs}) fails on {size}×{size} images: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; change its [model] overrides"
+        ) from None
+
+
+# Settings a run may change between restarts without becoming another experiment.
+_OPERATIONAL_SECTIONS = {"log", "ckpt", "dist", "compile"}
+_OPERATIONAL_KEYS = {("data", "root"), ("data", "cache_dir"), ("data", "download"), ("data", "backend"),
+                     ("data", "prepare_workers"), ("data", "loader_workers"), ("train", "device")}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    out = []
+    for section in new:
+        if section in _OPERATIONAL_SECTIONS:
+            continue
+        for key in new[section]:
+            if (section, key) in _OPERATIONAL_KEYS:
+                continue
+            before = old.get(section, {}).get(key)
+            if before != new[section][key]:
+                out.append(f"{section}.{key} {before!r} → {new[section][key]!r}")
+    return out
+
+
+def check_run_dir(run: PlannedRun, where: str) -> None:
+    """A run directory that holds another config's run is never resumed or reported as this one."""
+    saved = run.run_dir / "config.toml"
+    if not saved.is_file():
+        return
+    try:
+        old = to_dict(from_dict(read_toml(saved), str(saved)))
+    except ConfigError as err:
+        raise SuiteError(f"{where}: {run.run_dir} holds an unreadable config ({err}); delete the directory or pass another --out") from None
+    changes = _differences(old, to_dict(run.cfg))
+    if changes:
+        shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise SuiteError(
+            f"{where}: {run.run_dir} holds a run of another config ({shown}); "
+            f"delete that directory or pass another --out"
+        )
+
+
+def check_selection(suite: Suite, only: tuple[str, ...]) -> list[str]:
+    """The names of the runs to run (`only`, in suite order), or every run when `only` is empty."""
+    names = [spec.name for spec in suite.runs]
+    for name in only:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SuiteError(f"--only: {suite.path} has no run '{name}'; {hint}runs: {', '.join(names)}")
+    return [name for name in names if not only or name in only]
+
+
+def plan_suite(suite: Suite, *, out_dir: Path, quick: bool, extra_overrides: tuple[str, ...] = ()) -> list[PlannedRun]:
+    """Check every run of the suite (a run left out by --only is still reported) and return them in order."""
+    planned = []
+    for spec in suite.runs:
+        where = f"{suite.path}: run '{spec.name}'"
+        if not spec.config.is_file():
+            raise SuiteError(f"{where}: config file not found: {display_path(spec.config)} (paths are relative to the suite file)")
+        overrides = run_overrides(suite, spec, quick=quick, extra=extra_overrides)
+        try:
+            cfg = load_config(spec.config, overrides)
+        except ConfigError as err:
+            raise SuiteError(f"{where}: {err}") from None
+        check_model(cfg, where)
+        run = PlannedRun(name=spec.name, config_path=spec.config, overrides=overrides,
+                         run_dir=out_dir / spec.name, cfg=cfg)
+        check_run_dir(run, where)
+        planned.append(run)
+    return planned
+
+
+def check_world_size(suite: Suite, planned: list[PlannedRun], nproc: int) -> None:
+    """Each rank takes batch_size / nproc: a batch that does not split would fail only once the job runs."""
+    for run in planned:
+        t = run.cfg.train
+        if t.batch_size % nproc or (t.batch_size // nproc) % t.grad_accum:
+            raise SuiteError(
+                f"{suite.path}: run '{run.name}': [train] batch_size {t.batch_size} (grad_accum {t.grad_accum}) does not "
+                f"split over --nproc {nproc} processes; pick an --nproc that divides it or override train.batch_size"
+            )
+
+
+def train_command(run: PlannedRun, *, nproc: int = 1, python: str = "python", torchrun: list[str] | None = None) -> list[str]:
+    """The trainer command of one run; `torchrun` replaces the `torchrun` launcher word when given."""
+    if nproc > 1:
+        launcher = (torchrun or ["torchrun"]) + ["--standalone", f"--nproc_per_node={nproc}", "-m", "fasttrain"]
+    else:
+        launcher = [python, "-m", "fasttrain"]
+    sets = [part for override in run.overrides for part in ("--set", override)]
+    return launcher + ["--cfg", display_path(run.config_path), *sets, "--out", display_path(run.run_dir), "--resume", "auto"]
+
+
+def local_command(run: PlannedRun, *, nproc: int = 1) -> list[str]:
+    """The command as this machine runs it: this interpreter, torchrun through it."""
+    return train_command(run, nproc=nproc, python=sys.executable,
+                         torchrun=[sys.executable, "-m", "torch.distributed.run"])
+
+
+def shell_line(command: list[str]) -> str:
+    return shlex.join(command)
+
+
+def child_environment() -> dict[str, str]:
+    """The environment of a run: the caller's, with this fasttrain first on the import path."""
+    import fasttrain
+
+    env = dict(os.environ)
+    package_root = str(Path(fasttrain.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
