@@ -23,6 +23,13 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _default_file_mode() -> int:
+    """0666 less the process umask: what open() would have given (mkstemp alone makes files 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, binary: bool = True) -> None:
     """Call `write(fileobj)` on a temporary file next to `path`, fsync it, then rename over `path`."""
     path = Path(path)
@@ -33,6 +40,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[object], None], *, bi
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

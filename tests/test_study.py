@@ -107,8 +107,8 @@ def study(argv: list[str]) -> int:
     (["trian.epochs=3"], "unknown section [trian]"),
     (["model.cardinality=4"], "has no knob 'cardinality'"),  # resnet18 has no groups
     (["model.name=t2t_vit_t_14", "model.width=0.5"], "has no knob 'width'"),
-    (["model.name=t2t_vit_t_14", "data.image_size=32"], "T2T-ViT built for 64×64 images got 32×32"),
-    (["model.name=resnext50_32x4d", "model.width=0.125"], "fails on 64×64 images"),  # 1/8 width of 32×4d: zero channels
+    (["model.name=t2t_vit_t_14", "model.img_size=64", "data.image_size=32"], "T2T-ViT built for 64×64 images got 32×32"),
+    (["model.name=resnext50_32x4d", "model.width=0.125"], "no channels per group"),  # 1/8 width of 32×4d
 ])
 def test_bad_override_fails_before_any_run_starts(tmp_path, capsys, overrides, expected):
     suite = write_suite(tmp_path / "s.toml", [("fine", "base.toml", []), ("bad_one", "base.toml", overrides)])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -9,6 +11,7 @@ import torch.nn as nn
 
 from fasttrain.models.init_weights import init_conv_family
 from fasttrain.models.knob_checks import (
+    InvalidKnobValueError,
     check_bool,
     check_choice,
     check_positive_int,
@@ -147,6 +150,11 @@ class ResNet(nn.Module):
             stem_layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
         self.stem = nn.Sequential(*stem_layers)
 
+        if block == "bottleneck" and int(max(1, round(BASE_WIDTHS[0] * width)) * base_width / 64) < 1:
+            raise InvalidKnobValueError(
+                f"knobs width={width}, base_width={base_width} leave the grouped 3×3 convs of the first stage with "
+                f"no channels per group; raise width or base_width (e.g. base_width={math.ceil(64 / max(1, round(BASE_WIDTHS[0] * width)))})"
+            )
         stages = []
         in_ch = stem_ch
         for stage_index, (base, blocks) in enumerate(zip(BASE_WIDTHS, layers)):

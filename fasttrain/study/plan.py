@@ -47,27 +47,14 @@ def run_overrides(suite: Suite, spec: RunSpec, *, quick: bool, extra: tuple[str,
 
 
 def check_model(cfg: Config, where: str) -> None:
-    """Build the model on the meta device (no memory, no init cost) and run one batch through it."""
-    import torch
-
-    from fasttrain.models import create_model
+    """The trainer's own model check (meta device, one batch of the data's image size), naming the run."""
+    from fasttrain.engine.model_setup import check_model_config
 
     num_classes = cfg.data.synth_classes if cfg.data.source == "synthetic" else _TINY_IMAGENET_CLASSES
-    size = cfg.data.image_size
     try:
-        with torch.device("meta"):
-            model = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.knobs())
-        # Outside the device context and without autograd: the shape check costs ~0.1 s even for ResNet50.
-        with torch.no_grad():
-            model.eval()(torch.empty(2, 3, size, size, device="meta"))
+        check_model_config(cfg, num_classes)
     except UserError as err:
         raise SuiteError(f"{where}: {err}") from None
-    except Exception as err:  # a shape the knobs make impossible (e.g. zero channels)
-        knobs = ", ".join(f"{k}={v!r}" for k, v in cfg.model.knobs().items()) or "default knobs"
-        raise SuiteError(
-            f"{where}: model {cfg.model.name} ({knobs}) fails on {size}×{size} images: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; change its [model] overrides"
-        ) from None
 
 
 # Settings a run may change between restarts without becoming another experiment.
