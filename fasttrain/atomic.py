@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -57,3 +60,41 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(staging: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a complete, fsynced `staging` directory to `target`, replacing any old one with two renames.
+
+    The old directory is moved aside first and deleted last, so `target` is never a half-written tree.
+    """
+    staging, target = Path(staging), Path(target)
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, target)
+    fsync_dir(target.parent)
+
+
+def remove_replace_leftovers(target: str | os.PathLike) -> None:
+    """Delete `.NAME.tmp-*` staging and `.NAME.old-*` directories a killed writer left beside `target`.
+
+    Call only while holding the lock that guards `target`.
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for leftover in target.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk_bytes: int = 8 << 20) -> str:
+    """Hex digest of a file's bytes, read in chunks (no memory map, so resident memory stays small)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

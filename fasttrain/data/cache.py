@@ -13,22 +13,19 @@ always complete; a leftover temporary directory is never opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from fasttrain.atomic import fsync_dir
+from fasttrain.atomic import file_digest, fsync_dir, remove_replace_leftovers, replace_dir
 from fasttrain.errors import UserError
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
 SPLIT_NAMES = ("train", "val", "test")
-_HASH_CHUNK = 8 << 20
 
 
 class CacheError(UserError):
@@ -62,12 +59,7 @@ def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in chunks (no memory map, so resident memory stays small)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def describe_file(path: Path) -> dict:
@@ -187,11 +179,7 @@ def temp_dir_for(cache_dir: Path) -> Path:
 
 def remove_leftovers(cache_dir: Path) -> None:
     """Delete temporary/old siblings left by a killed build. Call only while holding the cache's lock."""
-    if not cache_dir.parent.is_dir():
-        return
-    for pattern in (f".{cache_dir.name}.tmp-*", f".{cache_dir.name}.old-*"):
-        for leftover in cache_dir.parent.glob(pattern):
-            shutil.rmtree(leftover, ignore_errors=True)
+    remove_replace_leftovers(cache_dir)
 
 
 def is_replaceable(cache_dir: Path) -> bool:
@@ -216,13 +204,6 @@ def publish(tmp_dir: Path, cache_dir: Path, meta: dict) -> None:
         finally:
             os.close(fd)
     fsync_dir(tmp_dir)
-    if cache_dir.exists():
-        if not is_replaceable(cache_dir):
-            raise CacheError(f"{cache_dir} exists and is not a fasttrain cache; choose another cache dir or remove it")
-        old = cache_dir.parent / f".{cache_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.rename(cache_dir, old)
-        os.rename(tmp_dir, cache_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp_dir, cache_dir)
-    fsync_dir(cache_dir.parent)
+    if cache_dir.exists() and not is_replaceable(cache_dir):
+        raise CacheError(f"{cache_dir} exists and is not a fasttrain cache; choose another cache dir or remove it")
+    replace_dir(tmp_dir, cache_dir)

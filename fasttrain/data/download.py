@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import urllib.error
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fasttrain.atomic import fsync_dir
+from fasttrain.atomic import file_digest, fsync_dir
 from fasttrain.data.locking import exclusive_lock
 from fasttrain.data.sources import TINY_IMAGENET_DIRNAME
 from fasttrain.errors import UserError
@@ -29,11 +28,7 @@ class DownloadError(UserError):
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _fetch(url: str, part: Path, timeout: float) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fasttrain.atomic import fsync_dir
+from fasttrain.atomic import fsync_dir, remove_replace_leftovers, replace_dir
 from fasttrain.data.locking import exclusive_lock
 from fasttrain.data.processes import pool_context
 from fasttrain.errors import UserError
@@ -228,8 +228,7 @@ def write_synthetic(out: str | os.PathLike, *, classes: int = 10, per_class: int
             return out
         if out.exists() and not marker.is_file() and (not out.is_dir() or any(out.iterdir())):
             raise UserError(f"{out} exists and is not a synthetic data tree; pass an empty or new --out directory")
-        for leftover in out.parent.glob(f".{out.name}.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        remove_replace_leftovers(out)
         staging = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
@@ -237,14 +236,7 @@ def write_synthetic(out: str | os.PathLike, *, classes: int = 10, per_class: int
                       params["seed"], workers)
             (staging / MARKER_NAME).write_text(json.dumps(params) + "\n")
             fsync_dir(staging)
-            if out.exists():
-                old = out.parent / f".{out.name}.tmp-old-{uuid.uuid4().hex[:8]}"
-                os.rename(out, old)
-                os.rename(staging, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(staging, out)
-            fsync_dir(out.parent)
+            replace_dir(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
