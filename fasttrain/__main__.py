@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fasttrain.errors import UserError, run_cli
+from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 
 def _dotted_overrides(extra: list[str]) -> list[str]:
@@ -29,13 +29,8 @@ def _dotted_overrides(extra: list[str]) -> list[str]:
     return out
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage + exit 2 becomes our one line + exit 2
-        raise UserError(f"{message} (see python -m fasttrain --help)")
-
-
 def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fasttrain", description="Train an image classifier from a TOML config.")
+    p = OneLineArgumentParser(prog="python -m fasttrain", description="Train an image classifier from a TOML config.")
     p.add_argument("--cfg", required=True, help="experiment config, e.g. configs/quickstart.toml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (a TOML literal); repeatable; --section.key=value works too")
@@ -63,7 +58,7 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fasttrain eval", description="Top-1/top-5 of a saved checkpoint.")
+    p = OneLineArgumentParser(prog="python -m fasttrain eval", description="Top-1/top-5 of a saved checkpoint.")
     p.add_argument("--ckpt", required=True, help="a checkpoint written by fasttrain (runs/NAME/checkpoints/*.pt)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--backend", choices=["auto", "dali", "torch", "reference"], help="input pipeline (default: the run's)")

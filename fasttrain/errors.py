@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Callable
@@ -14,6 +15,13 @@ class UserError(Exception):
 
     The message is one line: what is wrong, where, and how to fix it.
     """
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose bad-argument report is a UserError (one line, exit status 2) instead of usage + exit."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int:

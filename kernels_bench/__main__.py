@@ -14,12 +14,7 @@ from pathlib import Path
 
 import kernels_bench
 from fasttrain.atomic import atomic_write_json, atomic_write_text
-from fasttrain.errors import UserError, run_cli
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message} (see --help)")
+from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 
 def available_suites() -> list[str]:
@@ -29,7 +24,7 @@ def available_suites() -> list[str]:
 
 
 def _base_parser(suites: list[str]) -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m kernels_bench", description="Run one benchmark suite.")
+    parser = OneLineArgumentParser(prog="python -m kernels_bench", description="Run one benchmark suite.")
     parser.add_argument("suite", help=f"one of: {', '.join(suites)}")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (default: cuda when available, else cpu)")

@@ -7,20 +7,13 @@ import logging
 import signal
 import sys
 
-from fasttrain.errors import UserError, run_cli
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as a UserError (one line, exit status 2) instead of usage + exit."""
-
-    def error(self, message: str):
-        raise UserError(f"{self.prog}: {message} (see --help)")
+from fasttrain.errors import OneLineArgumentParser, run_cli
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m fasttrain.data",
+    parser = OneLineArgumentParser(prog="python -m fasttrain.data",
                             description="Build, inspect and verify fasttrain's uint8 image cache.")
-    commands = parser.add_subparsers(dest="command", metavar="{prepare,synth,info}", parser_class=_OneLineParser)
+    commands = parser.add_subparsers(dest="command", metavar="{prepare,synth,info}", parser_class=OneLineArgumentParser)
     commands.required = True
 
     prepare = commands.add_parser("prepare", help="decode a source into the cache (reused when up to date)")

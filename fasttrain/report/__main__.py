@@ -6,16 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from fasttrain.errors import UserError, run_cli
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage + exit 2 becomes our one line + exit 2
-        raise UserError(f"{message} (see python -m fasttrain.report --help)")
+from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fasttrain.report",
+    p = OneLineArgumentParser(prog="python -m fasttrain.report",
                 description="A markdown table of runs (next to the study's numbers) and per-comparison PNG plots, "
                             "read from run directories (results.json, metrics.jsonl).")
     p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories written by python -m fasttrain")

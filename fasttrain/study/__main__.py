@@ -6,18 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from fasttrain.errors import UserError, run_cli
+from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 RUNS_FAILED_EXIT = 1
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse's usage + exit 2 becomes our one line + exit 2
-        raise UserError(f"{message} (see python -m fasttrain.study --help)")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m fasttrain.study",
+    p = OneLineArgumentParser(prog="python -m fasttrain.study",
                 description="Run a study suite (configs/studies/*.toml): every run checked first, then run in order; "
                             "finished runs are skipped, interrupted ones resumed, failed ones reported at the end.")
     p.add_argument("suite", help="a suite file, or a name in configs/studies/ (seed, axes, recipes)")

@@ -16,7 +16,7 @@ from fasttrain.engine.trainer import Trainer
 def data_overrides(root: Path, *, image_size: int, classes: int, per_class: int, test_per_class: int,
                    val_ratio: float = 0.05) -> list[str]:
     """The learnable synthetic set under `root` (written and cached on first use, reused after)."""
-    return [f'data.source="synthetic"', f'data.root="{root}"', f"data.image_size={image_size}",
+    return ['data.source="synthetic"', f'data.root="{root}"', f"data.image_size={image_size}",
             f"data.synth_classes={classes}", f"data.synth_per_class={per_class}",
             f"data.synth_val_per_class={test_per_class}", f"data.val_ratio={val_ratio}"]
 
