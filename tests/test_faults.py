@@ -189,9 +189,10 @@ def decode_then_die(task):
 prepare._decode_rows = decode_then_die
 """
 
+# The cache is swapped into place by fasttrain.atomic.replace_dir (two renames); kill around the first.
 KILL_AT_RENAME = """
-import fasttrain.data.cache as cache
-real_os = cache.os
+import fasttrain.atomic as atomic
+real_os = atomic.os
 class OsKilledAtRename:
     def __getattr__(self, name):
         return getattr(real_os, name)
@@ -199,7 +200,7 @@ class OsKilledAtRename:
         {before}
         real_os.rename(src, dst)
         {after}
-cache.os = OsKilledAtRename()
+atomic.os = OsKilledAtRename()
 """
 KILL = "os.kill(os.getpid(), signal.SIGKILL)"
 
