@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_runs import ROOT, run_cli, subprocess_env, tiny_args
+from tiny_runs import ROOT, run_cli, step_records, subprocess_env, tiny_args
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,7 @@ def data_root(tmp_path_factory):
 
 
 def step_losses(run_dir: Path) -> list[tuple[int, float]]:
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in lines if r["kind"] == "step"]
+    return [(r["step"], r["loss"]) for r in step_records(run_dir)]
 
 
 def test_short_run_writes_every_output(data_root, tmp_path):
