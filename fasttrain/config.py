@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from fasttrain.errors import UserError
+from fasttrain.errors import UserError, did_you_mean
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
 
@@ -203,11 +202,6 @@ def _section_types() -> dict[str, type]:
     return typing.get_type_hints(Config)
 
 
-def _nearest(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"did you mean '{match[0]}'? " if match else ""
-
-
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -235,7 +229,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(
-                f"{where} must be {_type_name(tp)}, got {value!r}; {_nearest(str(value), [str(a) for a in typing.get_args(tp)])}".rstrip("; ")
+                f"{where} must be {_type_name(tp)}, got {value!r}; {did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])}".rstrip("; ")
             )
         return value
     if origin in (list, tuple):
@@ -273,7 +267,7 @@ def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any
         if key not in hints:
             raise ConfigError(
                 f"{where}: unknown key '{key}' in [{section_cls_name(section_cls)}]; "
-                f"{_nearest(key, list(hints))}valid keys: {', '.join(hints)}"
+                f"{did_you_mean(key, list(hints))}valid keys: {', '.join(hints)}"
             )
         kwargs[key] = _coerce(value, hints[key], f"{where}: [{section_cls_name(section_cls)}] {key}")
     return section_cls(**kwargs)
@@ -293,7 +287,7 @@ def from_dict(raw: dict[str, Any], where: str) -> Config:
     for name, values in raw.items():
         if name not in sections:
             raise ConfigError(
-                f"{where}: unknown section [{name}]; {_nearest(name, list(sections))}valid sections: {', '.join(sections)}"
+                f"{where}: unknown section [{name}]; {did_you_mean(name, list(sections))}valid sections: {', '.join(sections)}"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: '{name}' must be a section ([{name}]), got a {type(values).__name__}")
@@ -360,7 +354,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         section, key, value = parse_override(text)
         if section not in hints:
             raise ConfigError(
-                f"override '{text}': unknown section [{section}]; {_nearest(section, list(hints))}valid sections: {', '.join(hints)}"
+                f"override '{text}': unknown section [{section}]; {did_you_mean(section, list(hints))}valid sections: {', '.join(hints)}"
             )
         field_types = typing.get_type_hints(hints[section])
         if key in field_types and isinstance(value, (int, float)) and not isinstance(value, bool) and field_types[key] is str:

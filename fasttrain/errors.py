@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from typing import Callable
@@ -15,6 +16,18 @@ class UserError(Exception):
 
     The message is one line: what is wrong, where, and how to fix it.
     """
+
+
+def nearest_first(wrong: str, valid: list[str]) -> list[str]:
+    """`valid` sorted with the closest matches to `wrong` first, the rest alphabetically."""
+    close = difflib.get_close_matches(wrong, valid, n=len(valid), cutoff=0.5)
+    return close + sorted(name for name in valid if name not in close)
+
+
+def did_you_mean(wrong: str, valid: list[str]) -> str:
+    """"did you mean 'x'? " for the closest of `valid` to a mistyped `wrong`, or "" when none is close."""
+    close = difflib.get_close_matches(wrong, valid, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):

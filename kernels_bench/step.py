@@ -14,7 +14,8 @@ import gc
 
 import torch
 
-from kernels_bench.measure.flops import bf16_matmul_peak_flops, train_flops_per_image
+from fasttrain.models.counting import train_flops_per_image
+from kernels_bench.measure.flops import bf16_matmul_peak_flops
 from kernels_bench.measure.timing import load_average, peak_memory_mb, reset_peak_memory, time_calls
 from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
 

@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from fasttrain.models import create_model
+from fasttrain.models.counting import count_parameters
 
 
 def parameters(name: str, num_classes: int = 200, **knobs) -> int:
     with torch.device("meta"):
         model = create_model(name, num_classes, **knobs)
-    return sum(parameter.numel() for parameter in model.parameters())
+    return count_parameters(model)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from fasttrain.engine.metrics import MetricsWriter
 from fasttrain.engine.optim import build_optimizer, build_scheduler
 from fasttrain.engine.precision import autocast, resolve_amp
 from fasttrain.errors import UserError
+from fasttrain.models.counting import count_parameters
 
 
 class NonFiniteLoss(UserError):
@@ -62,10 +63,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @torch.no_grad()
@@ -139,7 +136,7 @@ class Trainer:
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model  # the plain module: checkpoints and evaluation use it
-        self.num_params = count_params(model)
+        self.num_params = count_parameters(model)
         forward = model
         if cfg.compile.mode != "off":
             forward = torch.compile(model, mode=None if cfg.compile.mode == "default" else cfg.compile.mode)

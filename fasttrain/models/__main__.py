@@ -5,23 +5,10 @@ from __future__ import annotations
 import argparse
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fasttrain.errors import run_cli
+from fasttrain.models.counting import count_parameters, forward_flops
 from fasttrain.models.registry import create_model, list_models
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
-
-
-def forward_gflops(model: torch.nn.Module, image_size: int) -> float:
-    """FLOPs (2 per multiply-add, as FlopCounterMode counts) of one forward pass on one image, in 1e9."""
-    images = torch.zeros(1, 3, image_size, image_size)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.eval()(images)
-    return counter.get_total_flops() / 1e9
 
 
 def model_table(num_classes: int, image_size: int) -> list[tuple[str, int, float]]:
@@ -34,7 +21,7 @@ def model_table(num_classes: int, image_size: int) -> list[tuple[str, int, float
         for name in list_models():
             knobs = {"img_size": image_size} if name.startswith("t2t_vit") else {}
             model = create_model(name, num_classes, **knobs)
-            rows.append((name, count_parameters(model), forward_gflops(model, image_size)))
+            rows.append((name, count_parameters(model), forward_flops(model, image_size) / 1e9))
     return rows
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, Callable, TypeVar
 
 import torch.nn as nn
 
-from fasttrain.errors import UserError
+from fasttrain.errors import UserError, nearest_first
 from fasttrain.models.knob_checks import InvalidKnobValueError
 
 ModelBuilder = Callable[..., nn.Module]
@@ -23,12 +22,6 @@ class UnknownModelError(UserError):
 
 class UnknownKnobError(UserError):
     """A knob the chosen model does not accept."""
-
-
-def nearest_first(wrong: str, valid: list[str]) -> list[str]:
-    """`valid` sorted with the closest matches to `wrong` first, the rest alphabetically."""
-    close = difflib.get_close_matches(wrong, valid, n=len(valid), cutoff=0.5)
-    return close + sorted(name for name in valid if name not in close)
 
 
 def _knob_defaults(builder: ModelBuilder) -> dict[str, Any]:

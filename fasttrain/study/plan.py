@@ -7,7 +7,6 @@ one batch of the data's image size through it, and its run directory against the
 
 from __future__ import annotations
 
-import difflib
 import os
 import shlex
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import Config, ConfigError, from_dict, load_config, read_toml, to_dict
-from fasttrain.errors import UserError
+from fasttrain.errors import UserError, did_you_mean
 from fasttrain.study.suite import RunSpec, Suite, SuiteError
 
 # Without a prepared cache the class count is unknown; it changes no shape the check cares about.
@@ -100,9 +99,7 @@ def check_selection(suite: Suite, only: tuple[str, ...]) -> list[str]:
     names = [spec.name for spec in suite.runs]
     for name in only:
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise SuiteError(f"--only: {suite.path} has no run '{name}'; {hint}runs: {', '.join(names)}")
+            raise SuiteError(f"--only: {suite.path} has no run '{name}'; {did_you_mean(name, names)}runs: {', '.join(names)}")
     return [name for name in names if not only or name in only]
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fasttrain.config import ConfigError, read_toml
-from fasttrain.errors import UserError
+from fasttrain.errors import UserError, did_you_mean
 
 SUITES_DIR = Path("configs") / "studies"
 # Run and comparison names become directory and file names: keep them portable.
@@ -64,15 +63,10 @@ class Suite:
         raise KeyError(name)
 
 
-def _nearest(word: str, options: list[str]) -> str:
-    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f"did you mean '{match[0]}'? " if match else ""
-
-
 def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in table:
         if key not in allowed:
-            raise SuiteError(f"{where}: unknown key '{key}'; {_nearest(key, list(allowed))}valid keys: {', '.join(allowed)}")
+            raise SuiteError(f"{where}: unknown key '{key}'; {did_you_mean(key, list(allowed))}valid keys: {', '.join(allowed)}")
 
 
 def _string(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:
@@ -179,7 +173,7 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{at}: 'runs' is empty; list the run names it compares")
         for member in members:
             if member not in run_names:
-                raise SuiteError(f"{at}: unknown run '{member}'; {_nearest(member, run_names)}runs: {', '.join(run_names)}")
+                raise SuiteError(f"{at}: unknown run '{member}'; {did_you_mean(member, run_names)}runs: {', '.join(run_names)}")
         comparisons.append(Comparison(name=name, title=_string(table, "title", at, default=name),
                                       runs=members, note=_string(table, "note", at)))
 
