@@ -7,23 +7,21 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from fasttrain.errors import UserError, did_you_mean
+from fasttrain.errors import did_you_mean
+from fasttrain.models.registry import check_knobs
+from fasttrain.schema import ConfigError, build_dataclass, coerce  # noqa: F401  ConfigError, coerce: this module's API too
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
 
 STUDY_MEAN = (0.4802, 0.4481, 0.3975)
 STUDY_STD = (0.2302, 0.2265, 0.2262)
-
-
-class ConfigError(UserError):
-    """A config file or override that does not fit the schema."""
 
 
 @dataclass(frozen=True)
@@ -66,38 +64,27 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """[model]: `name` and the knobs set for it; the knob schema is the model builder's annotated signature."""
+
     name: str = "resnet18"
     """A name from `python -m fasttrain.models`."""
-    norm: Optional[str] = None
-    dropout: Optional[float] = None
-    width: Optional[float] = None
-    skip: Optional[bool] = None
-    stem: Optional[str] = None
-    layers: Optional[list[int]] = None
-    zero_init_residual: Optional[bool] = None
-    cardinality: Optional[int] = None
-    base_width: Optional[int] = None
-    drop_path: Optional[float] = None
-    attn_dropout: Optional[float] = None
-    embed_dim: Optional[int] = None
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
-    t2t_kernels: Optional[list[int]] = None
-    t2t_strides: Optional[list[int]] = None
-    token_dim: Optional[int] = None
-    mlp_ratio: Optional[float] = None
-    img_size: Optional[int] = None
-    """T2T-ViT input size; unset means data.image_size."""
-    head: Optional[str] = None
-    """VGG classifier head: "compact" (64×64 default) or "imagenet" (torchvision's)."""
+    knob_settings: tuple[tuple[str, Any], ...] = ()
+    """(knob, value) pairs sorted by knob, checked against the builder; unset knobs keep the model's defaults."""
+
+    @classmethod
+    def from_table(cls, values: dict[str, Any], where: str) -> "ModelConfig":
+        """Check a [model] table against its model's builder (types, ranges, nearest knob or model name)."""
+        name = coerce(values.get("name", cls.name), str, f"{where}: [model] name")
+        # None is an unset knob: checkpoints of earlier versions stored every knob of every family.
+        knobs = {k: v for k, v in values.items() if k != "name" and v is not None}
+        return cls(name, tuple(sorted(check_knobs(name, knobs, where=f"{where}: [model]").items())))
 
     def knobs(self) -> dict[str, Any]:
         """The knobs the user set (unset ones keep the model's own defaults)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "name" and getattr(self, f.name) is not None
-        }
+        return dict(self.knob_settings)
+
+    def to_table(self) -> dict[str, Any]:
+        return {"name": self.name, **self.knobs()}
 
 
 @dataclass(frozen=True)
@@ -202,84 +189,6 @@ def _section_types() -> dict[str, type]:
     return typing.get_type_hints(Config)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _type_name(args[0])
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        inner = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(args[0], "values")
-        n = f"{len(args)} " if origin is tuple and Ellipsis not in args else ""
-        return f"a list of {n}{inner}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; return it in the schema's Python type."""
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"{where} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is typing.Union:
-        if value is None and type(None) in typing.get_args(tp):
-            return None  # an unset optional knob (from a checkpoint's config; TOML itself has no null)
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(value, args[0], where)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(
-                f"{where} must be {_type_name(tp)}, got {value!r}; {did_you_mean(str(value), [str(a) for a in typing.get_args(tp)])}".rstrip("; ")
-            )
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        args = typing.get_args(tp)
-        if origin is tuple and Ellipsis not in args:
-            if len(value) != len(args):
-                raise bad
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        return origin(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported schema type {tp!r}")  # a schema bug, not a user error
-
-
-def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(section_cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(
-                f"{where}: unknown key '{key}' in [{section_cls_name(section_cls)}]; "
-                f"{did_you_mean(key, list(hints))}valid keys: {', '.join(hints)}"
-            )
-        kwargs[key] = _coerce(value, hints[key], f"{where}: [{section_cls_name(section_cls)}] {key}")
-    return section_cls(**kwargs)
-
-
-def section_cls_name(section_cls: type) -> str:
-    for name, cls in _section_types().items():
-        if cls is section_cls:
-            return name
-    return section_cls.__name__
-
-
 def from_dict(raw: dict[str, Any], where: str) -> Config:
     """Build a Config from nested plain data (a parsed TOML file), naming `where` in every error."""
     sections = _section_types()
@@ -291,7 +200,10 @@ def from_dict(raw: dict[str, Any], where: str) -> Config:
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: '{name}' must be a section ([{name}]), got a {type(values).__name__}")
-        built[name] = _build_section(sections[name], values, where)
+        if sections[name] is ModelConfig:
+            built[name] = ModelConfig.from_table(values, where)
+        else:
+            built[name] = build_dataclass(sections[name], values, where, f"[{name}]")
     return Config(**built)
 
 
@@ -303,10 +215,12 @@ def to_dict(cfg: Config) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
 
-    return {
-        sec.name: {f.name: plain(getattr(getattr(cfg, sec.name), f.name)) for f in dataclasses.fields(getattr(cfg, sec.name))}
-        for sec in dataclasses.fields(cfg)
-    }
+    def table(section: Any) -> dict[str, Any]:
+        if isinstance(section, ModelConfig):
+            return section.to_table()
+        return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}
+
+    return {sec.name: {k: plain(v) for k, v in table(getattr(cfg, sec.name)).items()} for sec in dataclasses.fields(cfg)}
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -35,11 +35,11 @@ def test_study_hyperparameters_are_the_studys():
     rx = load_config(ROOT / "configs/resnext50.toml")
     assert (rx.optim.lr, rx.train.batch_size) == (0.1, 128)
     vgg = load_config(ROOT / "configs/vgg19.toml")
-    assert (vgg.optim.name, vgg.optim.lr, vgg.train.epochs, vgg.model.norm) == ("adam", 5e-4, 200, "none")
+    assert (vgg.optim.name, vgg.optim.lr, vgg.train.epochs, vgg.model.knobs()["norm"]) == ("adam", 5e-4, 200, "none")
     vit = load_config(ROOT / "configs/t2t_vit.toml")
     d = derive(vit, world_size=1, train_size=80000)
     assert d.lr == pytest.approx(5e-4 * 256 / 512)
-    assert vit.sched.warmup_epochs == 10 and vit.train.label_smoothing == 0.1 and vit.model.drop_path == 0.1
+    assert vit.sched.warmup_epochs == 10 and vit.train.label_smoothing == 0.1 and vit.model.knobs()["drop_path"] == 0.1
 
 
 def test_config_files_hold_only_differences():
@@ -84,9 +84,10 @@ def test_huge_and_deeply_nested_configs_are_refused(tmp_path):
 
 
 def test_overrides_are_toml_literals_checked_against_the_schema():
-    cfg = load_config(ROOT / "configs/quickstart.toml", ["train.epochs=3", "model.name=vgg11", "data.crop_scale=[0.5, 1.0]",
+    # resnet34 takes quickstart's width and layers knobs (vgg11 would not: see test_model_knob_schema.py)
+    cfg = load_config(ROOT / "configs/quickstart.toml", ["train.epochs=3", "model.name=resnet34", "data.crop_scale=[0.5, 1.0]",
                                                          "train.amp=\"bf16\""])
-    assert cfg.train.epochs == 3 and cfg.model.name == "vgg11" and cfg.data.crop_scale == (0.5, 1.0)
+    assert cfg.train.epochs == 3 and cfg.model.name == "resnet34" and cfg.data.crop_scale == (0.5, 1.0)
     assert cfg.train.amp == "bf16"
     with pytest.raises(ConfigError, match="not a TOML literal"):
         parse_override("train.epochs=[1,")

@@ -69,10 +69,10 @@ def test_seed_suite_holds_the_studys_comparisons_on_its_recipes(planned):
 def test_axes_suite_varies_one_thing_per_comparison(planned):
     suite, runs = planned["axes", False]
     groups = {c.name: [runs[r].cfg for r in c.runs] for c in suite.comparisons}
-    assert [c.model.dropout or 0.0 for c in groups["dropout"]] == [0.0, 0.2, 0.5]
-    assert [c.model.norm or "bn" for c in groups["normalization"]] == ["bn", "gn", "none"]
+    assert [c.model.knobs().get("dropout", 0.0) for c in groups["dropout"]] == [0.0, 0.2, 0.5]
+    assert [c.model.knobs().get("norm", "bn") for c in groups["normalization"]] == ["bn", "gn", "none"]
     assert [c.sched.name for c in groups["lr_decay"]] == ["cosine", "step", "constant"]
-    assert [c.model.skip is not False for c in groups["residual"]] == [True, False]
+    assert [c.model.knobs().get("skip", True) for c in groups["residual"]] == [True, False]
     assert [c.model.name for c in groups["depth"]] == ["resnet18", "resnet34", "resnet50"]
     for name, cfgs in groups.items():
         if name != "depth":  # apart from the varied knob, the same run

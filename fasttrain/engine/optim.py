@@ -10,12 +10,13 @@ from fasttrain.config import OptimConfig, SchedConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Weight decay on weights of convs/linears; norms and biases (all 1-d params) without, unless asked."""
+    """Weight decay on every parameter but those the model's no_weight_decay() names (norms, biases), unless asked."""
+    skipped = set() if decay_norm_and_bias else model.no_weight_decay()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if not decay_norm_and_bias and (p.ndim <= 1 or name.endswith(".bias") or "pos_embed" in name or "cls_token" in name):
+        if name in skipped:
             no_decay.append(p)
         else:
             decay.append(p)

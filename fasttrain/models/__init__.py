@@ -1,22 +1,27 @@
-"""Model families of the study behind one registry: create_model(name, num_classes, **knobs)."""
+"""Model families of the study behind one registry: create_model(name, num_classes, **knobs).
 
-from fasttrain.models.knob_checks import InvalidKnobValueError
+Importing this package registers every model (fasttrain.models.builders) without importing torch;
+a network module is imported when its model is first built.
+"""
+
 from fasttrain.models.registry import (
+    InvalidKnobValueError,
     UnknownKnobError,
     UnknownModelError,
+    check_knobs,
     create_model,
     list_models,
     model_knobs,
     register_model,
 )
 
-# Importing the family modules registers their models.
-from fasttrain.models import resnet, t2t_vit, vgg  # noqa: E402,F401  isort:skip
+from fasttrain.models import builders  # noqa: E402,F401  isort:skip  (registers the models)
 
 __all__ = [
     "InvalidKnobValueError",
     "UnknownKnobError",
     "UnknownModelError",
+    "check_knobs",
     "create_model",
     "list_models",
     "model_knobs",

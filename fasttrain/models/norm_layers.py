@@ -1,4 +1,4 @@
-"""The 2-D normalisation choices of the conv families ("bn", "gn", "none") and GroupNorm's group count."""
+"""Normalisation layers: the conv families' 2-D choices ("bn", "gn", "none"), GroupNorm's group count, and what gets no weight decay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import torch.nn as nn
 
-CONV_NORMS = ("bn", "gn", "none")
+NORM_LAYERS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 MAX_GROUPS = 32
 
 
@@ -37,3 +37,13 @@ def make_norm2d(kind: str, channels: int) -> nn.Module:
 def has_affine_norm(kind: str) -> bool:
     """Whether a norm layer of `kind` carries a scale we can zero (zero_init_residual)."""
     return kind in ("bn", "gn")
+
+
+def norm_and_bias_names(model: nn.Module) -> set[str]:
+    """Names of every normalisation layer's parameters and of every bias: what a model's no_weight_decay() lists."""
+    names = set()
+    for module_name, module in model.named_modules():
+        for param_name, _ in module.named_parameters(recurse=False):
+            if isinstance(module, NORM_LAYERS) or param_name == "bias":
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names

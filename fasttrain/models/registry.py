@@ -1,32 +1,41 @@
-"""Model registry: name → builder, the knobs each builder accepts, and one-line errors for wrong names."""
+"""Model registry: name → builder, whose annotated keyword signature is the knob schema; one-line errors for wrong names and values.
+
+A knob is one keyword parameter of a builder: its annotation is the type (`Literal[...]` for choices,
+`Annotated[float, Range(0, 1)]` for bounds) and its default the model's default. Config files, `--set`
+overrides and `create_model` are all checked against it with fasttrain.schema's coercion. No torch
+here: configs are checked without importing it.
+"""
 
 from __future__ import annotations
 
 import inspect
 from typing import Any, Callable, TypeVar
 
-import torch.nn as nn
+from fasttrain.errors import did_you_mean, nearest_first
+from fasttrain.schema import ConfigError, coerce
 
-from fasttrain.errors import UserError, nearest_first
-from fasttrain.models.knob_checks import InvalidKnobValueError
-
-ModelBuilder = Callable[..., nn.Module]
+ModelBuilder = Callable[..., Any]
 BuilderT = TypeVar("BuilderT", bound=ModelBuilder)
 
 _MODELS: dict[str, ModelBuilder] = {}
 
 
-class UnknownModelError(UserError):
+class UnknownModelError(ConfigError):
     """A model name that is not registered."""
 
 
-class UnknownKnobError(UserError):
+class UnknownKnobError(ConfigError):
     """A knob the chosen model does not accept."""
 
 
-def _knob_defaults(builder: ModelBuilder) -> dict[str, Any]:
+class InvalidKnobValueError(ConfigError):
+    """A model knob set to a value (or a combination of values) the model cannot use."""
+
+
+def _knob_parameters(builder: ModelBuilder) -> dict[str, inspect.Parameter]:
+    """The builder's knobs: every keyword parameter but num_classes, each with a default and an annotation."""
     knobs = {}
-    for param in inspect.signature(builder).parameters.values():
+    for param in inspect.signature(builder, eval_str=True).parameters.values():
         if param.name == "num_classes" or param.kind not in (
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
             inspect.Parameter.KEYWORD_ONLY,
@@ -34,8 +43,9 @@ def _knob_defaults(builder: ModelBuilder) -> dict[str, Any]:
             continue
         if param.default is inspect.Parameter.empty:
             raise TypeError(f"model builder knob {param.name!r} needs a default value")
-        # Tuples become lists, the form a TOML config gives, so defaults compare equal to settings.
-        knobs[param.name] = list(param.default) if isinstance(param.default, tuple) else param.default
+        if param.annotation is inspect.Parameter.empty:
+            raise TypeError(f"model builder knob {param.name!r} needs a type annotation (it is the knob's schema)")
+        knobs[param.name] = param
     return knobs
 
 
@@ -43,8 +53,8 @@ def register_model(builder: BuilderT | None = None, *, name: str | None = None):
     """Register a model builder under `name` (default: the function's name).
 
     Use as `@register_model`, `@register_model(name="x")` or `register_model(fn, name="x")`.
-    The builder takes `num_classes` and keyword knobs with defaults; those keywords are the
-    knobs `create_model` accepts for it.
+    The builder takes `num_classes` and annotated keyword knobs with defaults; those keywords are
+    the knobs `create_model` and a config's [model] table accept for it.
     """
 
     def add(fn: BuilderT) -> BuilderT:
@@ -53,7 +63,7 @@ def register_model(builder: BuilderT | None = None, *, name: str | None = None):
             raise ValueError(f"model {model_name!r} is already registered")
         if "num_classes" not in inspect.signature(fn).parameters:
             raise TypeError(f"model builder {model_name!r} must take num_classes")
-        _knob_defaults(fn)
+        _knob_parameters(fn)
         _MODELS[model_name] = fn
         return fn
 
@@ -65,32 +75,50 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def _builder(name: str) -> ModelBuilder:
+def _builder(name: str, where: str = "") -> ModelBuilder:
     if name not in _MODELS:
         valid = nearest_first(name, list(_MODELS))
-        raise UnknownModelError(
-            f"unknown model {name!r}; registered models are: {', '.join(valid)}"
-        )
+        at = f"{where} name: " if where else ""
+        raise UnknownModelError(f"{at}unknown model {name!r}; registered models are: {', '.join(valid)}")
     return _MODELS[name]
 
 
 def model_knobs(name: str) -> dict[str, Any]:
-    """The knobs model `name` accepts, with their defaults (sequences as lists)."""
-    return _knob_defaults(_builder(name))
+    """The knobs model `name` accepts, with their defaults (sequences as lists, the form a TOML config gives)."""
+    return {
+        knob: list(param.default) if isinstance(param.default, tuple) else param.default
+        for knob, param in _knob_parameters(_builder(name)).items()
+    }
 
 
-def create_model(name: str, num_classes: int = 200, **knobs: Any) -> nn.Module:
-    """Build registered model `name` with `num_classes` outputs; `knobs` override its defaults."""
-    accepted = model_knobs(name)
-    for knob in knobs:
+def check_knobs(name: str, knobs: dict[str, Any], *, where: str = "") -> dict[str, Any]:
+    """`knobs` checked against model `name`'s builder signature and coerced to its types.
+
+    `where` (e.g. "configs/x.toml: [model]") starts every message; errors name the nearest valid model or knob.
+    """
+    accepted = _knob_parameters(_builder(name, where))
+    at = f"{where} " if where else ""
+    checked = {}
+    for knob, value in knobs.items():
         if knob not in accepted:
             valid = nearest_first(knob, list(accepted))
-            raise UnknownKnobError(
-                f"model {name!r} has no knob {knob!r}; its knobs are: {', '.join(valid)}"
-            )
+            raise UnknownKnobError(f"{at}model {name!r} has no knob {knob!r}; "
+                                   f"{did_you_mean(knob, valid)}its knobs are: {', '.join(valid)}")
+        # A single value is shown as set; a list's message names the item that is wrong.
+        shown = "" if isinstance(value, (list, tuple)) else f"={value!r}"
+        try:
+            checked[knob] = coerce(value, accepted[knob].annotation, f"{at}model {name!r}: knob {knob}{shown}")
+        except ConfigError as err:
+            raise InvalidKnobValueError(str(err)) from None
+    return checked
+
+
+def create_model(name: str, num_classes: int = 200, **knobs: Any):
+    """Build registered model `name` (an nn.Module) with `num_classes` outputs; `knobs` override its defaults."""
+    checked = check_knobs(name, knobs)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise UserError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     try:
-        return _MODELS[name](num_classes=num_classes, **knobs)
-    except InvalidKnobValueError as err:
+        return _MODELS[name](num_classes=num_classes, **checked)
+    except InvalidKnobValueError as err:  # a combination of knobs the network cannot be built with
         raise InvalidKnobValueError(f"model {name!r}: {err}") from None

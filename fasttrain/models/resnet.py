@@ -1,4 +1,4 @@
-"""ResNet and ResNeXt (torchvision's v1.5 layout) with the study's knobs: skips, norm, stem, depth, width."""
+"""ResNet and ResNeXt networks (torchvision's v1.5 layout) with the study's knobs: skips, norm, stem, depth, width."""
 
 from __future__ import annotations
 
@@ -10,20 +10,10 @@ import torch
 import torch.nn as nn
 
 from fasttrain.models.init_weights import init_conv_family
-from fasttrain.models.knob_checks import (
-    InvalidKnobValueError,
-    check_bool,
-    check_choice,
-    check_positive_int,
-    check_positive_ints,
-    check_positive_number,
-    check_probability,
-)
-from fasttrain.models.norm_layers import CONV_NORMS, make_norm2d
-from fasttrain.models.registry import register_model
+from fasttrain.models.norm_layers import make_norm2d, norm_and_bias_names
+from fasttrain.models.registry import InvalidKnobValueError
 
 BASE_WIDTHS = (64, 128, 256, 512)
-STEMS = ("cifar", "imagenet")
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *, bias: bool) -> nn.Conv2d:
@@ -110,6 +100,7 @@ class ResNet(nn.Module):
     stem "cifar": 3×3 conv, stride 1, no max-pool (64×64 inputs keep a 64×64 first stage);
     stem "imagenet": torchvision's 7×7 stride-2 conv + 3×3 stride-2 max-pool.
     `width` multiplies the stem and the base stage widths 64/128/256/512.
+    The knobs' types, ranges and defaults are the builders' (fasttrain.models.builders).
     """
 
     def __init__(
@@ -118,25 +109,16 @@ class ResNet(nn.Module):
         num_classes: int = 200,
         *,
         layers: Sequence[int],
-        skip: bool = True,
-        norm: str = "bn",
-        dropout: float = 0.0,
-        stem: str = "cifar",
-        width: float = 1.0,
-        zero_init_residual: bool = False,
+        skip: bool,
+        norm: str,
+        dropout: float,
+        stem: str,
+        width: float,
+        zero_init_residual: bool,
         cardinality: int = 1,
         base_width: int = 64,
     ) -> None:
         super().__init__()
-        layers = check_positive_ints("layers", layers, 4)
-        skip = check_bool("skip", skip)
-        check_choice("norm", norm, CONV_NORMS)
-        dropout = check_probability("dropout", dropout)
-        check_choice("stem", stem, STEMS)
-        width = check_positive_number("width", width)
-        zero_init_residual = check_bool("zero_init_residual", zero_init_residual)
-        check_positive_int("cardinality", cardinality)
-        check_positive_int("base_width", base_width)
         block_class = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         block_extra = {"cardinality": cardinality, "base_width": base_width} if block == "bottleneck" else {}
 
@@ -178,63 +160,13 @@ class ResNet(nn.Module):
                     conv, norm_layer = module.last_conv_and_norm()
                     nn.init.zeros_(conv.weight if isinstance(norm_layer, nn.Identity) else norm_layer.weight)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters without weight decay: norm scales and shifts, and biases."""
+        return norm_and_bias_names(self)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled (N, C) features the classifier sees."""
         return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.forward_features(x)))
-
-
-def _register_resnet(name: str, block: str, layers: tuple[int, int, int, int]) -> None:
-    def build(
-        num_classes: int = 200,
-        *,
-        layers: Sequence[int] = layers,
-        skip: bool = True,
-        norm: str = "bn",
-        dropout: float = 0.0,
-        stem: str = "cifar",
-        width: float = 1.0,
-        zero_init_residual: bool = False,
-    ) -> ResNet:
-        return ResNet(
-            block, num_classes, layers=layers, skip=skip, norm=norm, dropout=dropout, stem=stem,
-            width=width, zero_init_residual=zero_init_residual,
-        )
-
-    build.__doc__ = f"{name}: {block} blocks, stages {layers}."
-    register_model(build, name=name)
-
-
-def _register_resnext(name: str, layers: tuple[int, int, int, int], cardinality: int, base_width: int) -> None:
-    def build(
-        num_classes: int = 200,
-        *,
-        layers: Sequence[int] = layers,
-        cardinality: int = cardinality,
-        base_width: int = base_width,
-        skip: bool = True,
-        norm: str = "bn",
-        dropout: float = 0.0,
-        stem: str = "cifar",
-        width: float = 1.0,
-        zero_init_residual: bool = False,
-    ) -> ResNet:
-        return ResNet(
-            "bottleneck", num_classes, layers=layers, skip=skip, norm=norm, dropout=dropout, stem=stem,
-            width=width, zero_init_residual=zero_init_residual, cardinality=cardinality,
-            base_width=base_width,
-        )
-
-    build.__doc__ = f"{name}: bottleneck blocks, stages {layers}, {cardinality} groups × {base_width}d."
-    register_model(build, name=name)
-
-
-_register_resnet("resnet18", "basic", (2, 2, 2, 2))
-_register_resnet("resnet34", "basic", (3, 4, 6, 3))
-_register_resnet("resnet50", "bottleneck", (3, 4, 6, 3))
-_register_resnet("resnet101", "bottleneck", (3, 4, 23, 3))
-_register_resnet("resnet152", "bottleneck", (3, 8, 36, 3))
-_register_resnext("resnext50_32x4d", (3, 4, 6, 3), 32, 4)
-_register_resnext("resnext101_32x8d", (3, 4, 23, 3), 32, 8)

@@ -1,4 +1,4 @@
-"""T2T-ViT-t (tokens-to-token with transformer token blocks) sized for 64×64 inputs by default."""
+"""The T2T-ViT-t network (tokens-to-token with transformer token blocks) sized for 64×64 inputs by default."""
 
 from __future__ import annotations
 
@@ -10,14 +10,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from fasttrain.errors import UserError
-from fasttrain.models.knob_checks import (
-    InvalidKnobValueError,
-    check_positive_int,
-    check_positive_ints,
-    check_positive_number,
-    check_probability,
-)
-from fasttrain.models.registry import register_model
+from fasttrain.models.norm_layers import norm_and_bias_names
+from fasttrain.models.registry import InvalidKnobValueError
 
 
 def soft_split_padding(kernel: int, stride: int) -> int:
@@ -160,42 +154,32 @@ class T2TViT(nn.Module):
     (196 tokens) and would leave only 4×4 = 16 tokens of a 64×64 image.
     Padding of each split: (kernel − stride + 1) // 2. Stochastic depth grows linearly from 0 to
     `drop_path` over the blocks; the token blocks have none (as in T2T-ViT).
+    The knobs' types, ranges and defaults are the builders' (fasttrain.models.builders).
     """
 
     def __init__(
         self,
         num_classes: int = 200,
         *,
-        img_size: int = 64,
-        t2t_kernels: Sequence[int] = (3, 3, 3),
-        t2t_strides: Sequence[int] = (2, 2, 2),
-        token_dim: int = 64,
-        embed_dim: int = 384,
-        depth: int = 14,
-        num_heads: int = 6,
-        mlp_ratio: float = 3.0,
-        drop_path: float = 0.1,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
+        img_size: int,
+        t2t_kernels: Sequence[int],
+        t2t_strides: Sequence[int],
+        token_dim: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        drop_path: float,
+        dropout: float,
+        attn_dropout: float,
     ) -> None:
         super().__init__()
-        img_size = check_positive_int("img_size", img_size)
-        kernels = check_positive_ints("t2t_kernels", t2t_kernels, 3)
-        strides = check_positive_ints("t2t_strides", t2t_strides, 3)
-        token_dim = check_positive_int("token_dim", token_dim)
-        embed_dim = check_positive_int("embed_dim", embed_dim)
-        depth = check_positive_int("depth", depth)
-        num_heads = check_positive_int("num_heads", num_heads)
         if embed_dim % num_heads:
             raise InvalidKnobValueError(
                 f"knob embed_dim={embed_dim} must be a multiple of num_heads={num_heads}"
             )
-        mlp_ratio = check_positive_number("mlp_ratio", mlp_ratio)
-        drop_path = check_probability("drop_path", drop_path)
-        dropout = check_probability("dropout", dropout)
-        attn_dropout = check_probability("attn_dropout", attn_dropout)
 
-        self.tokens_to_token = TokensToToken(img_size, kernels, strides, token_dim, embed_dim)
+        self.tokens_to_token = TokensToToken(img_size, t2t_kernels, t2t_strides, token_dim, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # Fixed, so a non-persistent buffer: rebuilt from img_size, not trained, not checkpointed.
         self.register_buffer(
@@ -213,6 +197,13 @@ class T2TViT(nn.Module):
 
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(_init_vit_layer)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters without weight decay: LayerNorm scales and shifts, biases and the class token.
+
+        (The position table is a fixed buffer, not a parameter.)
+        """
+        return norm_and_bias_names(self) | {"cls_token"}
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised class-token features (N, embed_dim) the head sees."""
@@ -233,34 +224,3 @@ def _init_vit_layer(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
-
-
-def _register_t2t_vit(name: str, embed_dim: int, depth: int, num_heads: int) -> None:
-    def build(
-        num_classes: int = 200,
-        *,
-        img_size: int = 64,
-        t2t_kernels: Sequence[int] = (3, 3, 3),
-        t2t_strides: Sequence[int] = (2, 2, 2),
-        token_dim: int = 64,
-        embed_dim: int = embed_dim,
-        depth: int = depth,
-        num_heads: int = num_heads,
-        mlp_ratio: float = 3.0,
-        drop_path: float = 0.1,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-    ) -> T2TViT:
-        return T2TViT(
-            num_classes, img_size=img_size, t2t_kernels=t2t_kernels, t2t_strides=t2t_strides,
-            token_dim=token_dim, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-            drop_path=drop_path, dropout=dropout, attn_dropout=attn_dropout,
-        )
-
-    build.__doc__ = f"{name}: embed {embed_dim}, depth {depth}, {num_heads} heads, MLP ratio 3, token dim 64."
-    register_model(build, name=name)
-
-
-_register_t2t_vit("t2t_vit_t_14", 384, 14, 6)
-_register_t2t_vit("t2t_vit_t_19", 448, 19, 7)
-_register_t2t_vit("t2t_vit_t_24", 512, 24, 8)

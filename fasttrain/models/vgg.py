@@ -1,4 +1,4 @@
-"""VGG-11/13/16/19 with optional BatchNorm, a width multiplier and a three-layer head sized for 64×64 inputs."""
+"""VGG-11/13/16/19 networks with optional BatchNorm, a width multiplier and a three-layer head sized for 64×64 inputs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import torch
 import torch.nn as nn
 
 from fasttrain.models.init_weights import init_conv_family
-from fasttrain.models.knob_checks import check_choice, check_positive_number, check_probability
-from fasttrain.models.norm_layers import make_norm2d
-from fasttrain.models.registry import register_model
+from fasttrain.models.norm_layers import make_norm2d, norm_and_bias_names
 
 POOL = "M"
 LayerSpec = Union[int, str]
@@ -25,7 +23,6 @@ VGG_CONFIGS: dict[str, tuple[LayerSpec, ...]] = {
     ),
 }
 
-VGG_NORMS = ("bn", "none")
 # head: (pooled grid side, hidden width at width=1.0)
 VGG_HEADS = {"compact": (2, 512), "imagenet": (7, 4096)}
 
@@ -40,6 +37,7 @@ class VGG(nn.Module):
     head "imagenet": torchvision's adaptive 7×7 pool and 4096-wide classifier (used to check
     the architecture against torchvision).
     Layer names follow torchvision's (features.N, classifier.N), so its weights load as is.
+    The knobs' types, ranges and defaults are the builders' (fasttrain.models.builders).
     """
 
     def __init__(
@@ -47,16 +45,12 @@ class VGG(nn.Module):
         config: Sequence[LayerSpec],
         num_classes: int = 200,
         *,
-        norm: str = "bn",
-        dropout: float = 0.5,
-        width: float = 1.0,
-        head: str = "compact",
+        norm: str,
+        dropout: float,
+        width: float,
+        head: str,
     ) -> None:
         super().__init__()
-        check_choice("norm", norm, VGG_NORMS)
-        dropout = check_probability("dropout", dropout)
-        width = check_positive_number("width", width)
-        check_choice("head", head, tuple(VGG_HEADS))
 
         layers: list[nn.Module] = []
         in_ch = 3
@@ -86,28 +80,10 @@ class VGG(nn.Module):
         )
         init_conv_family(self, self.classifier[-1])
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters without weight decay: BatchNorm scales and shifts, and biases."""
+        return norm_and_bias_names(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
         return self.classifier(torch.flatten(x, 1))
-
-
-def _register_vgg(name: str) -> None:
-    config = VGG_CONFIGS[name]
-
-    def build(
-        num_classes: int = 200,
-        *,
-        norm: str = "bn",
-        dropout: float = 0.5,
-        width: float = 1.0,
-        head: str = "compact",
-    ) -> VGG:
-        return VGG(config, num_classes, norm=norm, dropout=dropout, width=width, head=head)
-
-    conv_count = sum(1 for spec in config if spec != POOL)
-    build.__doc__ = f"{name}: {conv_count} conv layers + 3 fully connected layers."
-    register_model(build, name=name)
-
-
-for _name in VGG_CONFIGS:
-    _register_vgg(_name)

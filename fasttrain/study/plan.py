@@ -67,12 +67,12 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for section in new:
         if section in _OPERATIONAL_SECTIONS:
             continue
-        for key in new[section]:
+        for key in {**old.get(section, {}), **new[section]}:  # [model] lists only the knobs set: either side may lack one
             if (section, key) in _OPERATIONAL_KEYS:
                 continue
-            before = old.get(section, {}).get(key)
-            if before != new[section][key]:
-                out.append(f"{section}.{key} {before!r} → {new[section][key]!r}")
+            before, after = old.get(section, {}).get(key), new[section].get(key)
+            if before != after:
+                out.append(f"{section}.{key} {before!r} → {after!r}")
     return out
 
 
