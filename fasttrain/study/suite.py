@@ -1,25 +1,18 @@
-"""Study suite files: parse a suite TOML into runs and comparisons, checking its shape and names."""
+"""Study suite files: parse a suite TOML (a dataclass schema, built like a config) into runs and comparisons."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fasttrain.config import ConfigError, read_toml
+from fasttrain.schema import build_dataclass
 from fasttrain.errors import UserError, did_you_mean
 
 SUITES_DIR = Path("configs") / "studies"
 # Run and comparison names become directory and file names: keep them portable.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-_TOP_KEYS = ("suite", "quick", "run", "comparison")
-_SUITE_KEYS = ("name", "title", "description", "overrides")
-_QUICK_KEYS = ("overrides",)
-_RUN_KEYS = ("name", "config", "overrides", "quick", "note")
-_COMPARISON_KEYS = ("name", "title", "runs", "note")
-
 
 class SuiteError(UserError):
     """A suite file that cannot be used as written."""
@@ -63,49 +56,56 @@ class Suite:
         raise KeyError(name)
 
 
-def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise SuiteError(f"{where}: unknown key '{key}'; {did_you_mean(key, list(allowed))}valid keys: {', '.join(allowed)}")
+# --- the file's schema: one dataclass per table, built by fasttrain.schema (unknown keys, types, nearest match) ---
+
+@dataclass(frozen=True)
+class _SuiteTable:
+    name: str = ""
+    """Default: the file's stem."""
+    title: str = ""
+    description: str = ""
+    overrides: tuple[str, ...] = ()
 
 
-def _string(table: dict[str, Any], key: str, where: str, *, required: bool = False, default: str = "") -> str:
-    if key not in table:
-        if required:
-            raise SuiteError(f"{where}: missing '{key}' (a string)")
-        return default
-    value = table[key]
-    if not isinstance(value, str):
-        raise SuiteError(f"{where}: '{key}' must be a string, got {type(value).__name__} {value!r}")
-    return value
+@dataclass(frozen=True)
+class _QuickTable:
+    overrides: tuple[str, ...] = ()
 
 
-def _strings(table: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = table.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SuiteError(f"{where}: '{key}' must be a list of strings like \"train.epochs=3\", got {value!r}")
-    return tuple(value)
+@dataclass(frozen=True)
+class _RunTable:
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    quick: tuple[str, ...] = ()
+    note: str = ""
 
 
-def _name(table: dict[str, Any], where: str) -> str:
-    name = _string(table, "name", where, required=True)
+@dataclass(frozen=True)
+class _ComparisonTable:
+    name: str
+    runs: tuple[str, ...]
+    title: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _SuiteFile:
+    suite: _SuiteTable = _SuiteTable()
+    quick: _QuickTable = _QuickTable()
+    run: tuple[_RunTable, ...] = ()
+    comparison: tuple[_ComparisonTable, ...] = ()
+
+
+def _check_name(name: str, where: str) -> None:
     if not NAME_PATTERN.match(name):
         raise SuiteError(f"{where}: name {name!r} must be letters, digits, '_', '-' or '.' (it names a directory)")
-    return name
 
 
-def _tables(raw: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
-    value = raw.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise SuiteError(f"{where}: '{key}' must be an array of tables ([[{key}]] entries)")
-    return value
-
-
-def _section(raw: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, dict):
-        raise SuiteError(f"{where}: '{key}' must be a table ([{key}])")
-    return value
+def _unique(names: list[str], kind: str, where: str) -> None:
+    for index, name in enumerate(names):
+        if name in names[:index]:
+            raise SuiteError(f"{where}: {kind} '{name}': the name is used twice; {kind} names must be unique")
 
 
 def _suite_dirs() -> list[Path]:
@@ -138,49 +138,32 @@ def load_suite(path: str | Path) -> Suite:
     except ConfigError as err:
         raise SuiteError(str(err).replace("config file not found", "suite file not found")) from None
     where = str(path)
-    _check_keys(raw, _TOP_KEYS, where)
-    head = _section(raw, "suite", where)
-    _check_keys(head, _SUITE_KEYS, f"{where}: [suite]")
-    quick = _section(raw, "quick", where)
-    _check_keys(quick, _QUICK_KEYS, f"{where}: [quick]")
-
-    runs: list[RunSpec] = []
-    for index, table in enumerate(_tables(raw, "run", where)):
-        at = f"{where}: [[run]] #{index + 1}"
-        _check_keys(table, _RUN_KEYS, at)
-        name = _name(table, at)
-        at = f"{where}: run '{name}'"
-        if any(r.name == name for r in runs):
-            raise SuiteError(f"{at}: the name is used twice; run names must be unique")
-        config = _string(table, "config", at, required=True)
-        runs.append(RunSpec(name=name, config=(path.parent / config).resolve(),
-                            overrides=_strings(table, "overrides", at), quick_overrides=_strings(table, "quick", at),
-                            note=_string(table, "note", at)))
-    if not runs:
+    try:
+        parsed = build_dataclass(_SuiteFile, raw, where)
+    except ConfigError as err:
+        raise SuiteError(str(err)) from None
+    if not parsed.run:
         raise SuiteError(f"{where}: the suite names no runs; add [[run]] entries with name and config")
-
-    comparisons: list[Comparison] = []
-    run_names = [r.name for r in runs]
-    for index, table in enumerate(_tables(raw, "comparison", where)):
-        at = f"{where}: [[comparison]] #{index + 1}"
-        _check_keys(table, _COMPARISON_KEYS, at)
-        name = _name(table, at)
-        at = f"{where}: comparison '{name}'"
-        if any(c.name == name for c in comparisons):
-            raise SuiteError(f"{at}: the name is used twice; comparison names must be unique")
-        members = _strings(table, "runs", at)
-        if not members:
+    for kind, tables in (("run", parsed.run), ("comparison", parsed.comparison)):
+        for index, table in enumerate(tables):
+            _check_name(table.name, f"{where}: [[{kind}]] #{index + 1}")
+        _unique([table.name for table in tables], kind, where)
+    run_names = [table.name for table in parsed.run]
+    for table in parsed.comparison:
+        at = f"{where}: comparison '{table.name}'"
+        if not table.runs:
             raise SuiteError(f"{at}: 'runs' is empty; list the run names it compares")
-        for member in members:
+        for member in table.runs:
             if member not in run_names:
                 raise SuiteError(f"{at}: unknown run '{member}'; {did_you_mean(member, run_names)}runs: {', '.join(run_names)}")
-        comparisons.append(Comparison(name=name, title=_string(table, "title", at, default=name),
-                                      runs=members, note=_string(table, "note", at)))
-
-    name = _string(head, "name", f"{where}: [suite]", default=path.stem)
-    if not NAME_PATTERN.match(name):
-        raise SuiteError(f"{where}: [suite] name {name!r} must be letters, digits, '_', '-' or '.'")
-    return Suite(path=path, name=name, title=_string(head, "title", where, default=name),
-                 description=_string(head, "description", where), overrides=_strings(head, "overrides", f"{where}: [suite]"),
-                 quick_overrides=_strings(quick, "overrides", f"{where}: [quick]"),
-                 runs=tuple(runs), comparisons=tuple(comparisons))
+    head = parsed.suite
+    name = head.name or path.stem
+    _check_name(name, f"{where}: [suite]")
+    return Suite(
+        path=path, name=name, title=head.title or name, description=head.description, overrides=head.overrides,
+        quick_overrides=parsed.quick.overrides,
+        runs=tuple(RunSpec(name=r.name, config=(path.parent / r.config).resolve(), overrides=r.overrides,
+                           quick_overrides=r.quick, note=r.note) for r in parsed.run),
+        comparisons=tuple(Comparison(name=c.name, title=c.title or c.name, runs=c.runs, note=c.note)
+                          for c in parsed.comparison),
+    )
