@@ -12,7 +12,7 @@ from fasttrain.errors import UserError
 from fasttrain.report.plots import plot_curves, plot_wall_time, run_colours, speeds_differ, with_curves
 from fasttrain.report.runs import FAILED, FINISHED, RunRecord, load_run
 from fasttrain.report.table import cell, runs_table
-from fasttrain.study.manifest import read_manifest
+from fasttrain.suite_manifest import read_manifest, shell_line
 
 REPORT_NAME = "REPORT.md"
 
@@ -79,8 +79,6 @@ def write_report(*, title: str, intro: list[str], records: list[RunRecord], sect
 
 def render_suite(suite_dir: Path, out_dir: Path) -> Path:
     """The report of a study directory written by `python -m fasttrain.study` (its suite.json names the runs)."""
-    from fasttrain.study.plan import shell_line
-
     suite_dir = Path(suite_dir)
     manifest = read_manifest(suite_dir)
     attempts = manifest.get("attempts", {})

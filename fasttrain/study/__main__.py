@@ -32,8 +32,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _dry_run(planned, selected, out_dir: Path, nproc: int) -> None:
-    from fasttrain.study.plan import shell_line, train_command
+    from fasttrain.study.plan import train_command
     from fasttrain.study.runner import is_finished
+    from fasttrain.suite_manifest import shell_line
 
     print(f"# run from {Path.cwd()} (config and run paths below are relative to it)")
     for run in planned:
@@ -47,10 +48,10 @@ def _dry_run(planned, selected, out_dir: Path, nproc: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fasttrain.study.manifest import build_manifest, previous_attempts, write_manifest
     from fasttrain.study.plan import check_selection, check_world_size, display_path, plan_suite, train_command
     from fasttrain.study.runner import FAILED, run_all
     from fasttrain.study.suite import find_suite, load_suite
+    from fasttrain.suite_manifest import build_manifest, previous_attempts, write_manifest
 
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.nproc < 1:

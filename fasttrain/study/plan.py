@@ -8,7 +8,6 @@ one batch of the data's image size through it, and its run directory against the
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,10 +147,6 @@ def local_command(run: PlannedRun, *, nproc: int = 1) -> list[str]:
     """The command as this machine runs it: this interpreter, torchrun through it."""
     return train_command(run, nproc=nproc, python=sys.executable,
                          torchrun=[sys.executable, "-m", "torch.distributed.run"])
-
-
-def shell_line(command: list[str]) -> str:
-    return shlex.join(command)
 
 
 def child_environment() -> dict[str, str]:

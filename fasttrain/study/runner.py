@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fasttrain.study.manifest import log_path, write_manifest
-from fasttrain.study.plan import PlannedRun, child_environment, local_command, shell_line
+from fasttrain.study.plan import PlannedRun, child_environment, local_command
+from fasttrain.suite_manifest import log_path, shell_line, write_manifest
 
 FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
 

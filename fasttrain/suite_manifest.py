@@ -1,12 +1,14 @@
-"""The suite manifest (`<out>/suite.json`): the planned runs, the comparisons and each run's last attempt.
+"""The suite manifest (`<out>/suite.json`): the planned runs, the comparisons, each run's last attempt and command.
 
 The study runner writes it before the first run and after each one; the report reads it, so
-runs that never started or failed before writing anything still have a row.
+runs that never started or failed before writing anything still have a row. It lives below both
+fasttrain.study and fasttrain.report: the study calls the report, the report never imports the study.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,11 @@ from fasttrain.errors import UserError
 MANIFEST_NAME = "suite.json"
 MANIFEST_FORMAT = 1
 LOGS_DIR = "logs"
+
+
+def shell_line(command: list[str]) -> str:
+    """A recorded command as one line a shell runs as is (the study prints it, the report lists it)."""
+    return shlex.join(command)
 
 
 def manifest_path(out_dir: Path) -> Path:
