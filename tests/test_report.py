@@ -210,3 +210,19 @@ def test_differences_from_study_ignore_recipe_knobs():
     assert differences_from_study("resnet18", {"width": 0.5}, tin) == ["width=0.5"]
     assert differences_from_study("resnet18", {}, {"source": "synthetic", "image_size": 32}) == [
         "synthetic data", "32px images"]
+
+
+def test_the_report_never_imports_the_study():
+    """study → report → suite_manifest: one direction, so neither package needs the other to load."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "fasttrain"
+    imported = set()
+    for path in list((package / "report").rglob("*.py")) + [package / "suite_manifest.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((path.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported.update((path.name, alias.name) for alias in node.names)
+    assert ("render.py", "fasttrain.suite_manifest") in imported  # the scan sees the report's imports
+    assert not [pair for pair in imported if pair[1].startswith("fasttrain.study")], imported
