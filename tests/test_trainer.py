@@ -99,6 +99,19 @@ def test_two_process_ddp_matches_one_process(data_root, tmp_path):
     assert [l for _, l in la] == pytest.approx([l for _, l in lb], rel=1e-4)
 
 
+@pytest.mark.dist
+def test_torchrun_user_error_is_printed_once_and_every_rank_fails(data_root, tmp_path):
+    # the error comes after the process group is up (resume), as errors in a real multi-GPU run do
+    args = tiny_args(data_root, tmp_path / "err", "train.epochs=1") + ["--resume", str(tmp_path / "missing.pt")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fasttrain", *args], cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
+                          timeout=600)
+    assert proc.returncode != 0
+    printed = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert len(printed) == 1 and "checkpoint not found" in printed[0], proc.stderr[-3000:]
+    assert proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-3000:]  # torchrun's failure table: both ranks
+
+
 @pytest.mark.slow
 def test_compiled_quickstart_steps(data_root, tmp_path):
     out = tmp_path / "compiled"
