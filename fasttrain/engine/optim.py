@@ -7,11 +7,12 @@ import math
 import torch
 
 from fasttrain.config import OptimConfig, SchedConfig
+from fasttrain.models.norm_layers import no_weight_decay_of
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
     """Weight decay on every parameter but those the model's no_weight_decay() names (norms, biases), unless asked."""
-    skipped = set() if decay_norm_and_bias else model.no_weight_decay()
+    skipped = set() if decay_norm_and_bias else no_weight_decay_of(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -47,3 +47,9 @@ def norm_and_bias_names(model: nn.Module) -> set[str]:
             if isinstance(module, NORM_LAYERS) or param_name == "bias":
                 names.add(f"{module_name}.{param_name}" if module_name else param_name)
     return names
+
+
+def no_weight_decay_of(model: nn.Module) -> set[str]:
+    """The parameter names `model.no_weight_decay()` declares; norms and biases for a module that declares none."""
+    declared = getattr(model, "no_weight_decay", None)
+    return set(declared()) if declared is not None else norm_and_bias_names(model)
