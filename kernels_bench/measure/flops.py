@@ -14,3 +14,14 @@ def bf16_matmul_peak_flops(device: torch.device, *, size: int = 8192, repeats: i
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     timing = time_calls(lambda: torch.mm(a, b), device, warmup=3, repeats=repeats, calls_per_repeat=5)
     return 2 * size**3 / min(timing.seconds)  # the best repeat: a peak, not a typical figure
+
+
+def datasheet_peak(device: torch.device) -> dict | None:
+    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU, or None (CPU, or a GPU the table lacks)."""
+    if torch.device(device).type != "cuda":
+        return None
+    from fasttrain.engine.peaks import dense_bf16_peak  # the engine's datasheet table (one table, shared)
+
+    name = torch.cuda.get_device_name(device)
+    flops = dense_bf16_peak(name)
+    return {"name": name, "flops": flops} if flops else None

@@ -81,3 +81,15 @@ def load_average() -> float:
     import os
 
     return round(os.getloadavg()[0], 2)
+
+
+def apply_backend_settings(device: torch.device) -> None:
+    """The backend flags the Trainer sets with its defaults (train.tf32 = true, train.deterministic = false):
+    every side of a comparison runs under them, so a model-only figure is not timed under other settings."""
+    from fasttrain.config import TrainConfig
+
+    train = TrainConfig()
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train.tf32
+        torch.backends.cudnn.allow_tf32 = train.tf32
+        torch.backends.cudnn.benchmark = not train.deterministic

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from fasttrain.config import OptimConfig
 from fasttrain.engine.optim import build_optimizer
-from fasttrain.engine.precision import AMP_DTYPES
+from fasttrain.engine.precision import AMP_DTYPES, resolve_amp
 from fasttrain.models import create_model
 
 
@@ -19,7 +19,8 @@ class StepSettings:
 
     channels_last: bool = False
     amp: str = "off"
-    """"off" or "bf16" (fp16 would need a GradScaler, which the step suite does not measure)."""
+    """"off", "bf16" (forced) or "auto" (train.amp's default: what resolve_amp picks for the device; fp16
+    would need a GradScaler, which the step suite does not measure, so auto's fp16 on old GPUs is not offered)."""
     compile: bool = False
 
     @property
@@ -27,6 +28,10 @@ class StepSettings:
         parts = [name for name, on in (("channels_last", self.channels_last), ("amp", self.amp != "off"),
                                        ("compile", self.compile)) if on]
         return "+".join(parts) or "study"
+
+    def resolved(self, device: torch.device) -> "StepSettings":
+        """These settings with amp "auto" replaced by what the trainer would pick on `device`."""
+        return replace(self, amp=resolve_amp(self.amp, device))
 
 
 class SyntheticTrainStep:
@@ -46,7 +51,7 @@ class SyntheticTrainStep:
         self.optimizer = build_optimizer(OptimConfig(), model, lr=0.01)
         self.images = torch.randn(batch_size, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
         self.labels = torch.randint(0, num_classes, (batch_size,), device=device)
-        self.amp_dtype = AMP_DTYPES.get(settings.amp)
+        self.amp_dtype = AMP_DTYPES.get(resolve_amp(settings.amp, torch.device(device)))
         self.device_type = torch.device(device).type
         self.batch_size = batch_size
 
@@ -58,3 +63,12 @@ class SyntheticTrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
+
+
+def probe_step(case: dict) -> None:
+    """One uncompiled step of a case (the crash guard's worker): the same kernels a compiled step calls for
+    its convolutions, without minutes of compilation."""
+    settings = StepSettings(channels_last=case["channels_last"], amp=case["amp"])
+    step = SyntheticTrainStep(case["model"], case["knobs"], settings, num_classes=case["num_classes"],
+                              batch_size=case["batch_size"], image_size=case["image_size"], device=torch.device("cpu"))
+    step()
