@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from kernels_bench.measure.timing import load_average, time_calls
+from kernels_bench.measure.timing import apply_backend_settings, load_average, time_calls
 from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
 from fasttrain.engine.precision import resolve_amp
 from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
@@ -73,7 +73,9 @@ def run(args: argparse.Namespace) -> dict:
     try:
         data = data_overrides(workdir / "synthetic", image_size=sizes["image_size"], classes=sizes["classes"],
                               per_class=sizes["per_class"], test_per_class=sizes["test_per_class"])
-        # model-only first: a finished trainer's pipeline threads (DALI's) must not share the cores with it
+        # model-only first: a finished trainer's pipeline threads (DALI's) must not share the cores with it;
+        # it runs under the backend flags (TF32, cudnn.benchmark) the Trainer sets for itself
+        apply_backend_settings(device)
         step = SyntheticTrainStep(model, knobs, fast, num_classes=sizes["classes"], batch_size=sizes["batch"],
                                   image_size=sizes["image_size"], device=device)
         warmup = 3 if fast.compile else 2
