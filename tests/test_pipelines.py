@@ -345,3 +345,26 @@ def test_gpu_outputs_match_cpu_outputs():
         cpu = torch.cat(collect(build_pipeline(cfg_for(backend), images, labels, device=CPU, **kw))[0])
         gpu = torch.cat([x.cpu() for x, _ in build_pipeline(cfg_for(backend), images, labels, device=torch.device("cuda"), **kw)])
         assert (cpu - gpu).abs().max() < 0.05, backend
+
+
+@pytest.mark.parametrize("augment", ["rrc", "pad_crop", "none"])
+def test_torch_backend_host_to_device_copies_per_pass_do_not_grow_with_batches(augment):
+    """The torch backend moves a pass's plan (indices, labels, crop windows + flips) in a fixed number of copies:
+    on CUDA every per-batch copy from pageable memory would make the host wait for the device."""
+    images, labels = coordinate_images(256, 32)
+    per_pass = {}
+    for batch_size in (128, 16):  # 2 and 16 batches per pass
+        pipe = build_pipeline(cfg_for("torch", image_size=32, augment=augment), images, labels, train=True,
+                              batch_size=batch_size, device=CPU, seed=1)
+        before = pipe.transfers
+        assert len(collect(pipe)[0]) == 256 // batch_size
+        per_pass[batch_size] = pipe.transfers - before
+    assert per_pass[128] == per_pass[16] == (3 if augment != "none" else 2)
+
+
+def test_torch_backend_resume_moves_only_the_rest_of_the_pass():
+    images, labels = coordinate_images(256, 32)
+    pipe = build_pipeline(cfg_for("torch", image_size=32), images, labels, train=True, batch_size=16, device=CPU, seed=1)
+    pipe.load_state_dict({"epoch": 0, "position": 10})
+    before = pipe.transfers
+    assert len(collect(pipe)[0]) == 6 and pipe.transfers - before == 3
