@@ -85,8 +85,21 @@ def test_parity_reports_both_paths_over_seeds(all_smoke):
         assert 0 <= case["fast_acc"] <= 1 and case["study_loss"] > 0
         assert case["accuracy_passed"] == accuracy_passes(case["fast_acc"], case["study_acc"], case["fast_std"], case["study_std"])
         assert case["forward_rel_err"] < 0.05  # bf16 vs fp32 logits of the same weights stay close
+        assert 0 < case["forward_noise_floor"] < 1e-5  # fp32 vs float64: rounding only
+        assert case["forward_tolerance"] == pytest.approx(case["forward_noise_floor"] * 2**16, rel=1e-3)
         assert case["passed"] == (case["accuracy_passed"] and case["forward_passed"])
     assert parity["result"]["compile_in_fast_path"] is False and "compile omitted" in parity["result"]["note"]
+
+
+def test_parity_exits_non_zero_when_a_family_fails(monkeypatch, capsys):
+    from kernels_bench import __main__ as cli
+    from kernels_bench import parity
+
+    argv = ["parity", "--device", "cpu", "--smoke", "--forward-only", "--families", "t2t"]
+    assert cli.main(argv) == 0
+    monkeypatch.setattr(parity, "BF16_OVER_FP32_ROUNDING", 0.0)  # no error tolerated: bf16 must fail
+    assert cli.main(argv) == 1
+    assert "FAIL" in capsys.readouterr().out
 
 
 def test_accuracy_rule_uses_one_point_floor_and_twice_the_std():
