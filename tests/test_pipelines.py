@@ -310,18 +310,23 @@ def test_user_errors_for_bad_inputs_and_state():
         pipe.load_state_dict({"epoch": 0, "position": 99})
 
 
-def test_loader_benchmark_reports_every_backend(tmp_path):
+def test_loader_benchmark_reports_every_backend_beside_a_plain_dataloader(tmp_path):
     from kernels_bench import loader
 
     parser = argparse.ArgumentParser()
     loader.add_arguments(parser)
-    args = parser.parse_args(["--batch-size", "32", "--image-size", "32", "--backends", "reference,torch,dali"])
-    args.device, args.quick, args.json, args.md = "cpu", True, None, None
+    args = parser.parse_args(["--batch-size", "32", "--image-size", "32", "--batches", "4",
+                              "--backends", "plain_dataloader,reference,torch,dali"])
+    args.device, args.quick, args.smoke, args.json, args.md = "cpu", True, False, None, None
     result = loader.run(args)
     assert result["suite"] == "loader" and result["device"] == "cpu"
-    assert set(result["backends"]) == {"reference", "torch", "dali"}
-    assert result["backends"]["reference"]["ratio_vs_reference"] == 1.0
-    assert all(b["images_per_s"] > 0 for b in result["backends"].values())
+    expected = {"plain_dataloader", "reference", "torch"} | ({"dali"} if backend_choice.dali_importable() else set())
+    assert set(result["backends"]) == expected
+    plain = result["backends"]["plain_dataloader"]
+    assert plain["ratio_vs_plain_dataloader"] == 1.0 and result["backends"]["reference"]["ratio_vs_reference"] == 1.0
+    for stats in result["backends"].values():
+        assert stats["images_per_s"] > 0 and stats["steady_batches"] == 4 and stats["pass_start_s"] > 0
+        assert stats["ratio_vs_plain_dataloader"] == pytest.approx(stats["images_per_s"] / plain["images_per_s"], abs=0.01)
 
 
 @pytest.mark.gpu
