@@ -86,9 +86,17 @@ def run(args: argparse.Namespace) -> dict:
                            "backend": None, "batch_size": sizes["batch"],
                            "steps": warmup + len(timing.seconds) * sizes["log_every"],
                            "images_per_s": round(model_only, 2), "load_average": load_average()}
-        print(f"e2e model-only: {model_only:,.1f} images/s", flush=True)
         del step
         gc.collect()
+        if fast.compile:  # cold: the first compilation in this process; warm: the same graph again (caches hit)
+            model_only_case["compile_cold_s"] = round(max(0.0, timing.warmup_s - warmup * timing.median_s), 2)
+            again = SyntheticTrainStep(model, knobs, fast, num_classes=sizes["classes"], batch_size=sizes["batch"],
+                                       image_size=sizes["image_size"], device=device)
+            warm = time_calls(again, device, warmup=warmup, repeats=1, calls_per_repeat=1)
+            model_only_case["compile_warm_s"] = round(max(0.0, warm.warmup_s - warmup * timing.median_s), 2)
+            del again
+            gc.collect()
+        print(f"e2e model-only: {model_only:,.1f} images/s", flush=True)
         cases = []
         for path, settings, backend in (("study", study, "reference"), ("fast", fast, "auto")):
             trainer = train_for_steps(data + _overrides(model, knobs, settings, backend, sizes, steps),

@@ -179,7 +179,3 @@ def test_step_skips_fast_bf16_when_it_equals_fast_here():
         assert forced["skipped"].startswith("same settings as fast")
     else:
         assert "compile limited" in forced["skipped"]
-
-
-def test_gpu_check_script_is_valid_bash():
-    assert subprocess.run(["bash", "-n", str(REPO / "kernels_bench" / "gpu_check.sh")]).returncode == 0
