@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fasttrain.engine.trainer import evaluate
-from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
+from kernels_bench.measure.trainer_run import merge, synthetic_data, train_for_steps
 
 FAMILIES = {"vgg": "vgg19", "resnet": "resnet18", "resnext": "resnext50_32x4d", "t2t": "t2t_vit_t_14"}
 # reduced widths for CPU; t2t keeps 64×64 input (the trainer has no img_size knob) with coarser soft splits
@@ -40,8 +40,8 @@ PROFILES = {  # image side for CNNs, classes, train images per class, batch, ste
 }
 BF16_OVER_FP32_ROUNDING = 2.0 ** 16  # unit roundoff 2^-8 (bf16) over 2^-24 (fp32)
 # optimiser per family as in the study's runs (Adam for VGG, SGD for ResNet/ResNeXt); AdamW for the ViT
-OPTIM = {"vgg": ['optim.name="adam"', "optim.lr=5e-4"], "resnet": ["optim.lr=0.05"], "resnext": ["optim.lr=0.05"],
-         "t2t": ['optim.name="adamw"', "optim.lr=1e-3", "optim.weight_decay=0.05"]}
+OPTIM = {"vgg": {"name": "adam", "lr": 5e-4}, "resnet": {"lr": 0.05}, "resnext": {"lr": 0.05},
+         "t2t": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,23 +117,23 @@ def run(args: argparse.Namespace) -> dict:
         for family in families:
             knobs = REDUCED_KNOBS[family] if profile != "full" else ({"dropout": 0.0} if family == "vgg" else {})
             size = 64 if family == "t2t" else sizes["cnn_size"]
-            data = data_overrides(workdir / f"synthetic{size}", image_size=size, classes=sizes["classes"],
+            data = synthetic_data(workdir / f"synthetic{size}", image_size=size, classes=sizes["classes"],
                                   per_class=sizes["per_class"], test_per_class=max(2, sizes["per_class"] // 4))
-            knob_sets = [f"model.{key}={value!r}".replace("'", '"') for key, value in knobs.items()]
-            common = data + knob_sets + OPTIM[family] + [
-                f'model.name="{FAMILIES[family]}"', f"train.batch_size={sizes['batch']}", f"train.max_steps={steps}",
-                "train.epochs=1000", f"log.every_steps={max(1, steps // 3)}", "sched.name=\"constant\"",
-                "data.augment=\"pad_crop\"", "data.loader_workers=0"]
+            common = {"data": {**data, "augment": "pad_crop", "loader_workers": 0},
+                      "model": {"name": FAMILIES[family], **knobs}, "optim": OPTIM[family],
+                      "train": {"batch_size": sizes["batch"], "max_steps": steps, "epochs": 1000},
+                      "log": {"every_steps": max(1, steps // 3)}, "sched": {"name": "constant"}}
             paths = {
-                "fast": ['data.backend="auto"', "train.channels_last=true", 'train.amp="bf16"',
-                         f'compile.mode="{"default" if compiled else "off"}"'],
-                "study": ['data.backend="reference"', "train.channels_last=false", 'train.amp="off"', 'compile.mode="off"'],
+                "fast": {"data": {"backend": "auto"}, "train": {"channels_last": True, "amp": "bf16"},
+                         "compile": {"mode": "default" if compiled else "off"}},
+                "study": {"data": {"backend": "reference"}, "train": {"channels_last": False, "amp": "off"},
+                          "compile": {"mode": "off"}},
             }
             finals = {"fast": [], "study": []}
             forward = None
             for path, settings in paths.items():
                 for seed in range(seeds):
-                    trainer = train_for_steps(common + settings + [f"train.seed={seed}"],
+                    trainer = train_for_steps(merge(common, settings, {"train": {"seed": seed}}),
                                               workdir / f"{family}_{path}_{seed}", args.device)
                     finals[path].append(evaluate(trainer.model, trainer.eval_pipes["test"], trainer.info, trainer.amp))
                     if path == "study" and seed == 0:

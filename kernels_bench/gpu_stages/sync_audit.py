@@ -96,19 +96,18 @@ def _pipelines(device: torch.device, smoke: bool) -> dict:
 
 
 def _trainer(device: torch.device, smoke: bool) -> dict:
-    from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
+    from kernels_bench.measure.trainer_run import synthetic_data, train_for_steps
 
     with tempfile.TemporaryDirectory(prefix="sync_audit_") as work:
         root = Path(work)
         size, batch = (32, 8) if smoke else (64, 256)
-        data = data_overrides(root / "synthetic", image_size=size, classes=4 if smoke else 20,
+        data = synthetic_data(root / "synthetic", image_size=size, classes=4 if smoke else 20,
                               per_class=(batch * STEPS) // (4 if smoke else 20) + 1, test_per_class=1)
-        knobs = ['model.width=0.25'] if smoke else []
-        overrides = data + knobs + ['model.name="resnet18"', f"train.batch_size={batch}", f"train.max_steps={STEPS}",
-                                    "train.epochs=1000", f"log.every_steps={LOG_EVERY}", 'compile.mode="off"',
-                                    'data.backend="auto"']
+        sections = {"data": {**data, "backend": "auto"}, "model": {"name": "resnet18", **({"width": 0.25} if smoke else {})},
+                    "train": {"batch_size": batch, "max_steps": STEPS, "epochs": 1000},
+                    "log": {"every_steps": LOG_EVERY}, "compile": {"mode": "off"}}
         with _counter(device) as counter:
-            trainer = train_for_steps(overrides, root / "run", str(device))
+            trainer = train_for_steps(sections, root / "run", str(device))
         steps = trainer.results["steps"]
     return {"steps": steps, "log_steps": steps // LOG_EVERY, "syncs": sum(counter.where.values()),
             "where": dict(counter.where),
