@@ -17,11 +17,9 @@ def bf16_matmul_peak_flops(device: torch.device, *, size: int = 8192, repeats: i
 
 
 def datasheet_peak(device: torch.device) -> dict | None:
-    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU, or None (CPU, or a GPU the table lacks)."""
-    if torch.device(device).type != "cuda":
-        return None
-    from fasttrain.engine.peaks import dense_bf16_peak  # the engine's datasheet table (one table, shared)
+    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU (fasttrain.engine.hardware's table),
+    or None (CPU, or a GPU the table lacks)."""
+    from fasttrain.engine.hardware import device_peak_tflops
 
-    name = torch.cuda.get_device_name(device)
-    flops = dense_bf16_peak(name)
-    return {"name": name, "flops": flops} if flops else None
+    tflops, name = device_peak_tflops(device)
+    return {"name": name, "flops": tflops * 1e12} if tflops else None

@@ -84,12 +84,9 @@ def load_average() -> float:
 
 
 def apply_backend_settings(device: torch.device) -> None:
-    """The backend flags the Trainer sets with its defaults (train.tf32 = true, train.deterministic = false):
-    every side of a comparison runs under them, so a model-only figure is not timed under other settings."""
+    """The backend flags (TF32, cudnn.benchmark) the Trainer sets with its default [train] values: every side of a
+    comparison runs under them, so a model-only figure is not timed under other settings."""
     from fasttrain.config import TrainConfig
+    from fasttrain.engine.precision import configure_backends
 
-    train = TrainConfig()
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = train.tf32
-        torch.backends.cudnn.allow_tf32 = train.tf32
-        torch.backends.cudnn.benchmark = not train.deterministic
+    configure_backends(TrainConfig(), torch.device(device))

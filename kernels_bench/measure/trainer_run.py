@@ -39,14 +39,18 @@ def bench_config(sections: dict[str, dict], device: str) -> Config:
     return cfg
 
 
-def train_for_steps(sections: dict[str, dict], run_dir: Path, device: str) -> Trainer:
-    """Build the Trainer exactly as `python -m fasttrain` does (single process), fit, return it
-    (its `model` is the plain trained module, its `eval_pipes` the eval pipelines)."""
+def build_trainer(sections: dict[str, dict], run_dir: Path, device: str) -> Trainer:
+    """The Trainer exactly as `python -m fasttrain` builds it (single process), not yet fitted."""
     cfg = bench_config(sections, device)
     info = DistInfo(0, 1, 0, torch.device(device))
     cache = open_dataset(cfg.data, info)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, cfg_name=run_dir.name, run_dir=run_dir, info=info, cache=cache,
-                      log=lambda message: print(f"  [{run_dir.name}] {message}", file=sys.stderr))
+    return Trainer(cfg, cfg_name=run_dir.name, run_dir=run_dir, info=info, cache=cache,
+                   log=lambda message: print(f"  [{run_dir.name}] {message}", file=sys.stderr))
+
+
+def train_for_steps(sections: dict[str, dict], run_dir: Path, device: str) -> Trainer:
+    """Build the Trainer, fit, return it (its `model` is the plain trained module, its `eval_pipes` the eval pipelines)."""
+    trainer = build_trainer(sections, run_dir, device)
     trainer.results = trainer.fit()
     return trainer
