@@ -144,7 +144,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CompileConfig:
-    mode: Literal["off", "default", "max-autotune"] = "off"
+    mode: Literal["auto", "off", "default", "max-autotune"] = "auto"
+    """"auto": torch.compile's default mode on CUDA, off on CPU (where compiling costs minutes per graph);
+    "off", "default" and "max-autotune" (longer autotuning for faster kernels) apply everywhere."""
 
 
 @dataclass(frozen=True)

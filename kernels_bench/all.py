@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> dict:
             traceback.print_exc()
             failed.append(name)
             report = {"suite": name, "argv": argv, "error": f"{type(err).__name__}: {err}"}
+        if report.get("failed"):  # a suite that ran but judged a case failed (parity) fails the run too
+            failed.append(name)
         reports.append(report)
     return {"suites": reports, "failed": failed}
 

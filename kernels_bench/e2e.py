@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from kernels_bench.measure.timing import load_average, time_calls
+from kernels_bench.measure.timing import apply_backend_settings, load_average, time_calls
 from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
 from fasttrain.engine.precision import resolve_amp
-from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
+from kernels_bench.measure.trainer_run import merge, synthetic_data, train_for_steps
 
 PROFILES = {
     "full": {"model": "resnet50", "knobs": {}, "batch": 256, "steps": 50, "log_every": 10, "image_size": 64,
@@ -52,12 +52,12 @@ def _fast_settings(args, device: torch.device) -> StepSettings:
     return StepSettings(channels_last=True, amp=amp, compile=compiled)
 
 
-def _overrides(model: str, knobs: dict, settings: StepSettings, backend: str, sizes: dict, steps: int) -> list[str]:
-    knob_sets = [f"model.{key}={value!r}".replace("'", '"') for key, value in knobs.items()]
-    return [f'model.name="{model}"', *knob_sets, f"train.batch_size={sizes['batch']}", f"train.max_steps={steps}",
-            "train.epochs=1000", f"log.every_steps={sizes['log_every']}", f'train.amp="{settings.amp}"',
-            f"train.channels_last={str(settings.channels_last).lower()}",
-            f'compile.mode="{"default" if settings.compile else "off"}"', f'data.backend="{backend}"']
+def _sections(model: str, knobs: dict, settings: StepSettings, backend: str, sizes: dict, steps: int) -> dict:
+    return {"model": {"name": model, **knobs},
+            "train": {"batch_size": sizes["batch"], "max_steps": steps, "epochs": 1000, "amp": settings.amp,
+                      "channels_last": settings.channels_last},
+            "log": {"every_steps": sizes["log_every"]}, "compile": {"mode": "default" if settings.compile else "off"},
+            "data": {"backend": backend}}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -71,9 +71,11 @@ def run(args: argparse.Namespace) -> dict:
     study = StepSettings()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="kernels_bench_e2e_"))
     try:
-        data = data_overrides(workdir / "synthetic", image_size=sizes["image_size"], classes=sizes["classes"],
+        data = synthetic_data(workdir / "synthetic", image_size=sizes["image_size"], classes=sizes["classes"],
                               per_class=sizes["per_class"], test_per_class=sizes["test_per_class"])
-        # model-only first: a finished trainer's pipeline threads (DALI's) must not share the cores with it
+        # model-only first: a finished trainer's pipeline threads (DALI's) must not share the cores with it;
+        # it runs under the backend flags (TF32, cudnn.benchmark) the Trainer sets for itself
+        apply_backend_settings(device)
         step = SyntheticTrainStep(model, knobs, fast, num_classes=sizes["classes"], batch_size=sizes["batch"],
                                   image_size=sizes["image_size"], device=device)
         warmup = 3 if fast.compile else 2
@@ -84,12 +86,20 @@ def run(args: argparse.Namespace) -> dict:
                            "backend": None, "batch_size": sizes["batch"],
                            "steps": warmup + len(timing.seconds) * sizes["log_every"],
                            "images_per_s": round(model_only, 2), "load_average": load_average()}
-        print(f"e2e model-only: {model_only:,.1f} images/s", flush=True)
         del step
         gc.collect()
+        if fast.compile:  # cold: the first compilation in this process; warm: the same graph again (caches hit)
+            model_only_case["compile_cold_s"] = round(max(0.0, timing.warmup_s - warmup * timing.median_s), 2)
+            again = SyntheticTrainStep(model, knobs, fast, num_classes=sizes["classes"], batch_size=sizes["batch"],
+                                       image_size=sizes["image_size"], device=device)
+            warm = time_calls(again, device, warmup=warmup, repeats=1, calls_per_repeat=1)
+            model_only_case["compile_warm_s"] = round(max(0.0, warm.warmup_s - warmup * timing.median_s), 2)
+            del again
+            gc.collect()
+        print(f"e2e model-only: {model_only:,.1f} images/s", flush=True)
         cases = []
         for path, settings, backend in (("study", study, "reference"), ("fast", fast, "auto")):
-            trainer = train_for_steps(data + _overrides(model, knobs, settings, backend, sizes, steps),
+            trainer = train_for_steps(merge({"data": data}, _sections(model, knobs, settings, backend, sizes, steps)),
                                       workdir / f"run_{path}", args.device)
             results = trainer.results
             cases.append({"path": path, "kind": "trainer", "model": model, "knobs": knobs, "settings": settings.label,

@@ -95,7 +95,7 @@ def _crop_cases(batch: int, device: torch.device, repeats: int) -> list[dict]:
     from fasttrain.data.pipelines.backend_choice import dali_importable
     from fasttrain.data.pipelines.base import normalize_scale_shift
     from fasttrain.data.pipelines.sampling import sample_crop_params
-    from fasttrain.data.pipelines.torch_pipeline import CropResizeNormalize
+    from fasttrain.data.pipelines.torch_pipeline import CropResizeNormalize, window_rows
 
     size, batches = 64, 4
     cfg = DataConfig(image_size=size, augment="rrc")
@@ -106,7 +106,8 @@ def _crop_cases(batch: int, device: torch.device, repeats: int) -> list[dict]:
     resident = torch.from_numpy(images[:batch]).to(device)
     params = sample_crop_params(np.random.default_rng(1), batch, size, size, augment="rrc", output_size=size,
                                 scale=cfg.crop_scale, ratio=cfg.crop_ratio, pad=cfg.pad, hflip=cfg.hflip)
-    seconds = time_calls(lambda: kernel(resident, params, size), device, warmup=1, repeats=repeats).median_s
+    windows = torch.from_numpy(window_rows(params)).to(device)
+    seconds = time_calls(lambda: kernel(resident, windows, size, params.pad), device, warmup=1, repeats=repeats).median_s
     torch_rate = batch / seconds
     cases = [{"kernel": "random_resized_crop", "impl": "torch_batched_kernel", "batch": batch, "image_size": size,
               "images_per_s": round(torch_rate, 1), "speedup_vs_first": 1.0}]

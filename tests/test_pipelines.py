@@ -310,18 +310,23 @@ def test_user_errors_for_bad_inputs_and_state():
         pipe.load_state_dict({"epoch": 0, "position": 99})
 
 
-def test_loader_benchmark_reports_every_backend(tmp_path):
+def test_loader_benchmark_reports_every_backend_beside_a_plain_dataloader(tmp_path):
     from kernels_bench import loader
 
     parser = argparse.ArgumentParser()
     loader.add_arguments(parser)
-    args = parser.parse_args(["--batch-size", "32", "--image-size", "32", "--backends", "reference,torch,dali"])
-    args.device, args.quick, args.json, args.md = "cpu", True, None, None
+    args = parser.parse_args(["--batch-size", "32", "--image-size", "32", "--batches", "4",
+                              "--backends", "plain_dataloader,reference,torch,dali"])
+    args.device, args.quick, args.smoke, args.json, args.md = "cpu", True, False, None, None
     result = loader.run(args)
     assert result["suite"] == "loader" and result["device"] == "cpu"
-    assert set(result["backends"]) == {"reference", "torch", "dali"}
-    assert result["backends"]["reference"]["ratio_vs_reference"] == 1.0
-    assert all(b["images_per_s"] > 0 for b in result["backends"].values())
+    expected = {"plain_dataloader", "reference", "torch"} | ({"dali"} if backend_choice.dali_importable() else set())
+    assert set(result["backends"]) == expected
+    plain = result["backends"]["plain_dataloader"]
+    assert plain["ratio_vs_plain_dataloader"] == 1.0 and result["backends"]["reference"]["ratio_vs_reference"] == 1.0
+    for stats in result["backends"].values():
+        assert stats["images_per_s"] > 0 and stats["steady_batches"] == 4 and stats["pass_start_s"] > 0
+        assert stats["ratio_vs_plain_dataloader"] == pytest.approx(stats["images_per_s"] / plain["images_per_s"], abs=0.01)
 
 
 @pytest.mark.gpu
@@ -345,3 +350,26 @@ def test_gpu_outputs_match_cpu_outputs():
         cpu = torch.cat(collect(build_pipeline(cfg_for(backend), images, labels, device=CPU, **kw))[0])
         gpu = torch.cat([x.cpu() for x, _ in build_pipeline(cfg_for(backend), images, labels, device=torch.device("cuda"), **kw)])
         assert (cpu - gpu).abs().max() < 0.05, backend
+
+
+@pytest.mark.parametrize("augment", ["rrc", "pad_crop", "none"])
+def test_torch_backend_host_to_device_copies_per_pass_do_not_grow_with_batches(augment):
+    """The torch backend moves a pass's plan (indices, labels, crop windows + flips) in a fixed number of copies:
+    on CUDA every per-batch copy from pageable memory would make the host wait for the device."""
+    images, labels = coordinate_images(256, 32)
+    per_pass = {}
+    for batch_size in (128, 16):  # 2 and 16 batches per pass
+        pipe = build_pipeline(cfg_for("torch", image_size=32, augment=augment), images, labels, train=True,
+                              batch_size=batch_size, device=CPU, seed=1)
+        before = pipe.transfers
+        assert len(collect(pipe)[0]) == 256 // batch_size
+        per_pass[batch_size] = pipe.transfers - before
+    assert per_pass[128] == per_pass[16] == (3 if augment != "none" else 2)
+
+
+def test_torch_backend_resume_moves_only_the_rest_of_the_pass():
+    images, labels = coordinate_images(256, 32)
+    pipe = build_pipeline(cfg_for("torch", image_size=32), images, labels, train=True, batch_size=16, device=CPU, seed=1)
+    pipe.load_state_dict({"epoch": 0, "position": 10})
+    before = pipe.transfers
+    assert len(collect(pipe)[0]) == 6 and pipe.transfers - before == 3

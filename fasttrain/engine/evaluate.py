@@ -12,16 +12,32 @@ from fasttrain.engine.precision import autocast, resolve_amp
 VARIANT_PREFIXES = {"model": "", "ema": "ema_", "best": "best_"}
 
 
+def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` grown to `size` rows with zeros (same memory format): the last partial batch of a split, so the
+    model sees one shape for the whole split and a compiled eval never recompiles (eval mode keeps rows apart)."""
+    if images.shape[0] >= size:
+        return images
+    fmt = torch.channels_last if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    padded = images.new_zeros((size, *images.shape[1:])).contiguous(memory_format=fmt)
+    padded[: images.shape[0]] = images
+    return padded
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str) -> dict[str, float]:
-    """Loss, top-1 and top-5 over the whole split: sums of correct and counts reduced across ranks."""
+    """Loss, top-1 and top-5 over the whole split: sums of correct and counts reduced across ranks. Every batch
+    reaches the model at the first batch's size (see pad_batch); each sample is counted exactly once."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
     amp = resolve_amp(amp, info.device)
+    full = None
     for images, labels in pipeline:
+        count = labels.shape[0]
+        full = full or count
         with autocast(amp, info.device):
-            logits = model(images)
+            logits = model(pad_batch(images, full))[:count]
         logits = logits.float()
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fasttrain.config import Config
+from fasttrain.engine.compile_choice import compile_kwargs, resolve_compile
 from fasttrain.errors import UserError
 
 
@@ -56,8 +57,9 @@ def training_forward(model: torch.nn.Module, cfg: Config, info) -> torch.nn.Modu
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     forward = model
-    if cfg.compile.mode != "off":
-        forward = torch.compile(model, mode=None if cfg.compile.mode == "default" else cfg.compile.mode)
+    mode, _ = resolve_compile(cfg.compile.mode, info.device)
+    if mode != "off":
+        forward = torch.compile(model, **compile_kwargs(mode))
     if info.enabled:
         forward = torch.nn.parallel.DistributedDataParallel(
             forward, device_ids=[info.device.index] if info.device.type == "cuda" else None

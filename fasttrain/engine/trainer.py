@@ -17,7 +17,7 @@ from fasttrain.engine.distributed import DistInfo, all_gather_objects
 from fasttrain.engine.evaluate import evaluate_variants
 from fasttrain.engine.metrics import TrainMetrics, mfu_inputs
 from fasttrain.engine.metrics_log import MetricsWriter, progress_bar
-from fasttrain.engine.model_setup import build_model, training_forward
+from fasttrain.engine.model_setup import build_model, resolve_compile, training_forward
 from fasttrain.engine.optim import build_optimizer, build_scheduler
 from fasttrain.engine.precision import autocast, configure_backends, resolve_amp
 from fasttrain.engine.rng import capture_rng, restore_rng, seed_everything
@@ -89,7 +89,7 @@ class Trainer:
         cfg = self.cfg
         self.log(f"model: {cfg.model.name} {self.num_params:,} params | {self.info.world_size} rank(s) on {self.device.type} | "
                  f"global batch {cfg.train.batch_size} (per rank {self.plan.per_rank_batch}) | "
-                 f"{self.plan.steps_per_epoch} steps/epoch | amp {self.amp} | compile {cfg.compile.mode}")
+                 f"{self.plan.steps_per_epoch} steps/epoch | amp {self.amp} | {resolve_compile(cfg.compile.mode, self.device)[1]}")
         self.metrics.start_run()
         for epoch in range(self.epoch, cfg.train.epochs):
             if self.step >= self.plan.total_steps:

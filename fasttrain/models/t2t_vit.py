@@ -46,7 +46,9 @@ class TokenAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        attended = F.scaled_dot_product_attention(q, k, v)
+        # one head as a head dimension: CUDA's fused SDPA kernels take (B, heads, N, D) only; a 3-D call
+        # falls back to the math kernel and builds the whole N×N matrix
+        attended = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
         return v + self.proj(attended)
 
 

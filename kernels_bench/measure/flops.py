@@ -14,3 +14,12 @@ def bf16_matmul_peak_flops(device: torch.device, *, size: int = 8192, repeats: i
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
     timing = time_calls(lambda: torch.mm(a, b), device, warmup=3, repeats=repeats, calls_per_repeat=5)
     return 2 * size**3 / min(timing.seconds)  # the best repeat: a peak, not a typical figure
+
+
+def datasheet_peak(device: torch.device) -> dict | None:
+    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU (fasttrain.engine.hardware's table),
+    or None (CPU, or a GPU the table lacks)."""
+    from fasttrain.engine.hardware import device_peak_tflops
+
+    tflops, name = device_peak_tflops(device)
+    return {"name": name, "flops": tflops * 1e12} if tflops else None

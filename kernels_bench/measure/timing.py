@@ -81,3 +81,12 @@ def load_average() -> float:
     import os
 
     return round(os.getloadavg()[0], 2)
+
+
+def apply_backend_settings(device: torch.device) -> None:
+    """The backend flags (TF32, cudnn.benchmark) the Trainer sets with its default [train] values: every side of a
+    comparison runs under them, so a model-only figure is not timed under other settings."""
+    from fasttrain.config import TrainConfig
+    from fasttrain.engine.precision import configure_backends
+
+    configure_backends(TrainConfig(), torch.device(device))

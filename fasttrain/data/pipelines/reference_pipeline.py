@@ -11,7 +11,6 @@ from torchvision import transforms
 
 from fasttrain.config import DataConfig
 from fasttrain.data.pipelines.base import BatchPipeline
-from fasttrain.data.pipelines.sampling import sample_seed
 
 
 def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
@@ -27,29 +26,27 @@ def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
     return transforms.Compose(steps)
 
 
-class _SeededSamples(Dataset):
-    """Items are (index, epoch) pairs; each sample's randomness is seeded from (seed, epoch, index)."""
+class _SeededBatches(Dataset):
+    """Items are whole batches, (sample indices, torch seed): the transforms run sample after sample from
+    one seeding per batch, in whichever worker gets the batch (a plain DataLoader's cost, no per-sample seeding)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: transforms.Compose, seed: int):
-        self.images, self.labels, self.transform, self.seed = images, labels, transform, seed
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: transforms.Compose):
+        self.images, self.labels, self.transform = images, labels, transform
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, epoch = item
+    def __getitem__(self, item: tuple[np.ndarray, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        indices, seed = item
         # fork_rng keeps the caller's global RNG untouched when there are no worker processes
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            image = self.transform(np.asarray(self.images[index]))
-        return image, int(self.labels[index])
+            torch.manual_seed(seed)
+            images = torch.stack([self.transform(np.asarray(self.images[i])) for i in indices])
+        return images, torch.from_numpy(self.labels[indices])
 
 
 class _PlannedBatches:
-    """A batch sampler whose contents the pipeline sets before each pass (so workers can persist)."""
+    """The sampler of whole batches whose contents the pipeline sets before each pass (so workers can persist)."""
 
     def __init__(self):
-        self.batches: list[list[tuple[int, int]]] = []
+        self.batches: list[tuple[np.ndarray, int]] = []
 
     def __iter__(self):
         return iter(self.batches)
@@ -66,15 +63,17 @@ class ReferencePipeline(BatchPipeline):
         self.sampler = _PlannedBatches()
         workers = self.cfg.loader_workers
         self.loader = DataLoader(
-            _SeededSamples(self.images, self.labels, study_transform(self.cfg, self.augment), self.plan.seed),
-            batch_sampler=self.sampler,
+            _SeededBatches(self.images, self.labels, study_transform(self.cfg, self.augment)),
+            sampler=self.sampler,
+            batch_size=None,  # the dataset builds whole batches
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
         )
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.batches = [[(int(i), epoch) for i in batch] for batch in self.plan.batches(epoch, start)]
+        self.sampler.batches = [(batch, self.plan.batch_seed(epoch, k))
+                                for k, batch in enumerate(self.plan.batches(epoch, start), start)]
         if not self.sampler.batches:
             return
         for images, labels in self.loader:

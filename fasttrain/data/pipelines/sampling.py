@@ -31,10 +31,6 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(num_items)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample of one epoch (the reference backend's per-sample torch seed)."""
-    words = np.random.SeedSequence(_seed_words(seed, epoch, index, _SAMPLE_DOMAIN)).generate_state(2, np.uint32)
-    return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
 
 
 class EpochPlan:
@@ -75,6 +71,14 @@ class EpochPlan:
     def batch_rng(self, epoch: int, batch: int) -> np.random.Generator:
         """The random stream of one batch of this rank (crop boxes, flips)."""
         return np.random.default_rng(_seed_words(self.seed, epoch, self.world_size, self.rank, batch, _BATCH_DOMAIN))
+
+    def batch_seed(self, epoch: int, batch: int) -> int:
+        """A 63-bit torch seed for one batch of this rank (the reference backend's transforms draw from it,
+        sample after sample: one seeding per batch, as cheap as a plain DataLoader, and still a pure function
+        of (seed, epoch, rank, batch) for an exact resume)."""
+        words = np.random.SeedSequence(
+            _seed_words(self.seed, epoch, self.world_size, self.rank, batch, _SAMPLE_DOMAIN)).generate_state(2, np.uint32)
+        return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
 
 
 @dataclass(frozen=True)

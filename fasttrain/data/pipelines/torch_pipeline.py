@@ -25,6 +25,13 @@ def _axis_taps(start: torch.Tensor, length: torch.Tensor, out_size: int) -> tupl
     return low.long(), high.long(), frac
 
 
+def window_rows(params: CropParams) -> np.ndarray:
+    """(N, 5) float32 rows top, left (in the padded image), height, width, flip (0/1): one batch's crop plan
+    as one array, so a whole pass's plan is one host→device copy."""
+    return np.stack([params.top + params.pad, params.left + params.pad, params.height, params.width,
+                     params.flip], axis=1).astype(np.float32)
+
+
 class CropResizeNormalize:
     """Per-sample windows resized to a square output in one batched pass, flipped and normalized.
 
@@ -39,25 +46,24 @@ class CropResizeNormalize:
         self.shift = torch.from_numpy(shift).to(device)
         self.channel = torch.arange(3, device=device)
 
-    def __call__(self, batch: torch.Tensor, params: CropParams | None, out_size: int) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, windows: torch.Tensor | None, out_size: int, pad: int = 0) -> torch.Tensor:
+        """`windows`: (N, 5) float32 on the device (see `window_rows`), or None to normalize only."""
         count, height, width, _ = batch.shape
-        if params is None:  # normalize only
+        if windows is None:  # normalize only
             out = batch.reshape(count, height, width * 3).float()
             out.mul_(self.scale.repeat(width)).add_(self.shift.repeat(width))
             return out.view(count, height, width, 3).permute(0, 3, 1, 2)
         device = batch.device
-        if params.pad:
-            batch = torch.nn.functional.pad(batch, (0, 0, params.pad, params.pad, params.pad, params.pad))
+        if pad:
+            batch = torch.nn.functional.pad(batch, (0, 0, pad, pad, pad, pad))
             count, height, width, _ = batch.shape
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device, non_blocking=True)
-        top, left = as_tensor(params.top + params.pad), as_tensor(params.left + params.pad)
-        row_low, row_high, row_frac = _axis_taps(top, as_tensor(params.height), out_size)
-        col_low, col_high, col_frac = _axis_taps(left, as_tensor(params.width), out_size)
-        if params.flip.any():
-            flip = torch.from_numpy(params.flip).to(device)[:, None]
-            col_low = torch.where(flip, col_low.flip(1), col_low)
-            col_high = torch.where(flip, col_high.flip(1), col_high)
-            col_frac = torch.where(flip, col_frac.flip(1), col_frac)
+        top, left, window_h, window_w, flip = windows.unbind(1)
+        row_low, row_high, row_frac = _axis_taps(top, window_h, out_size)
+        col_low, col_high, col_frac = _axis_taps(left, window_w, out_size)
+        flip = flip[:, None] > 0.5  # always applied: testing for "any flip" on the host would wait for the device
+        col_low = torch.where(flip, col_low.flip(1), col_low)
+        col_high = torch.where(flip, col_high.flip(1), col_high)
+        col_frac = torch.where(flip, col_frac.flip(1), col_frac)
 
         rows = batch.reshape(count, height, width * 3)
         spread = lambda cols: (cols[:, :, None] * 3 + self.channel).reshape(count, 1, out_size * 3).expand(count, height, out_size * 3)
@@ -92,11 +98,35 @@ class TorchPipeline(BatchPipeline):
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.stored = torch.from_numpy(self.images).to(self.device)
         self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self.transfers = 0
+        """Host→device copies so far: three per pass (its plan) when the split lives on the device."""
 
-    def _stage(self, indices: np.ndarray, slot: int) -> torch.Tensor:
-        """Start moving one batch of uint8 images to the device."""
+    def _to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Every host→device copy of this pipeline goes through here and is counted (`transfers`): from
+        pinned memory without waiting on CUDA, a plain no-op move on CPU."""
+        self.transfers += 1
+        tensor = torch.from_numpy(np.ascontiguousarray(array)) if isinstance(array, np.ndarray) else array
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _pass_plan(self, epoch: int, start: int, batches: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The rest of a pass, on the device in three copies whatever its length: sample indices, labels and
+        crop windows/flips of batches start, start+1, … (each batch's randomness still its own stream)."""
+        flat = np.concatenate(batches)
+        windows = None
+        if self.augment != "none":
+            rows = [window_rows(sample_crop_params(
+                self.plan.batch_rng(epoch, start + k), len(indices), self.images.shape[1], self.images.shape[2],
+                augment=self.augment, output_size=self.cfg.image_size, scale=self.cfg.crop_scale,
+                ratio=self.cfg.crop_ratio, pad=self.cfg.pad, hflip=self.cfg.hflip)) for k, indices in enumerate(batches)]
+            windows = self._to_device(np.concatenate(rows))
+        return self._to_device(flat), self._to_device(self.labels[flat]), windows
+
+    def _stage(self, indices: np.ndarray, on_device: torch.Tensor, slot: int) -> torch.Tensor:
+        """Start moving one batch of uint8 images to the device (`on_device`: its indices, already there)."""
         if self.resident:
-            return self.stored.index_select(0, torch.from_numpy(indices).to(self.device))
+            return self.stored.index_select(0, on_device)
         pinned = self.device.type == "cuda"
         while len(self._staging) <= slot:
             buffer = torch.empty((self.plan.batch_size,) + self.images.shape[1:], dtype=torch.uint8, pin_memory=pinned)
@@ -106,6 +136,7 @@ class TorchPipeline(BatchPipeline):
             in_flight.synchronize()  # the previous copy out of this buffer must finish before we overwrite it
         host = buffer[: len(indices)]
         np.take(self.images, indices, axis=0, out=host.numpy())
+        self.transfers += 1  # the images themselves, when the split does not live on the device
         moved = host.to(self.device, non_blocking=True)
         done = None
         if pinned:
@@ -118,18 +149,14 @@ class TorchPipeline(BatchPipeline):
         batches = self.plan.batches(epoch, start)
         if not batches:
             return
-        size = self.cfg.image_size
-        upcoming = self._stage(batches[0], 0)
-        for k, indices in enumerate(batches):
+        size, pad = self.cfg.image_size, self.cfg.pad if self.augment == "pad_crop" else 0
+        indices, labels, windows = self._pass_plan(epoch, start, batches)
+        bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
+        upcoming = self._stage(batches[0], indices[: bounds[1]], 0)
+        for k in range(len(batches)):
             current = upcoming
             if k + 1 < len(batches):
-                upcoming = self._stage(batches[k + 1], (k + 1) % 2)
-            params = None
-            if self.augment != "none":
-                params = sample_crop_params(
-                    self.plan.batch_rng(epoch, start + k), len(indices), self.images.shape[1], self.images.shape[2],
-                    augment=self.augment, output_size=size, scale=self.cfg.crop_scale, ratio=self.cfg.crop_ratio,
-                    pad=self.cfg.pad, hflip=self.cfg.hflip,
-                )
-            images = self.kernel(current, params, size)
-            yield images.to(self.output_dtype), self._labels_on_device(indices)
+                upcoming = self._stage(batches[k + 1], indices[bounds[k + 1] : bounds[k + 2]], (k + 1) % 2)
+            rows = slice(bounds[k], bounds[k + 1])
+            images = self.kernel(current, None if windows is None else windows[rows], size, pad)
+            yield images.to(self.output_dtype), labels[rows]
