@@ -7,7 +7,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,8 +47,23 @@ class DataConfig:
     synth_val_per_class: int = 50
     backend: Literal["auto", "dali", "torch", "reference"] = "auto"
     """Input pipeline; "auto" picks the fastest measured for the device (see README)."""
-    augment: Literal["rrc", "pad_crop", "none"] = "rrc"
-    """Train augmentation: RandomResizedCrop (the study's), pad-and-random-crop, or none."""
+    augment: Literal["rrc", "pad_crop", "none", "randaugment", "trivialaugment"] = "rrc"
+    """Train augmentation: RandomResizedCrop (the study's), pad-and-random-crop, none, or RandomResizedCrop + flip
+    followed by RandAugment / TrivialAugmentWide (dali and reference backends; DALI's nvidia.dali.auto_aug)."""
+    randaugment_n: int = 2
+    """RandAugment: operations applied to each image."""
+    randaugment_m: int = 9
+    """RandAugment: magnitude bin, 0..30 (31 bins, as torchvision's and DALI's defaults)."""
+    erasing: float = 0.0
+    """Random erasing probability per train image (0 = off); torchvision's RandomErasing rule, applied on the device."""
+    progressive_start_size: int = 0
+    """Progressive resizing: train images start at this size and grow to image_size (0 = off)."""
+    progressive_start_epoch: int = 0
+    """Progressive resizing: last epoch at progressive_start_size; the size grows linearly after it."""
+    progressive_end_epoch: int = 0
+    """Progressive resizing: first epoch at full image_size."""
+    progressive_step: int = 8
+    """Progressive resizing: sizes are multiples of this, so a compiled model sees only a few shapes."""
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     pad: int = 4
@@ -116,7 +131,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "constant", "linear"] = "cosine"
+    """"linear": after warm-up, straight down to min_lr at the last step (budgeted training)."""
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.01
     min_lr: float = 0.0
@@ -186,6 +202,12 @@ class CkptConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    tta: Literal["none", "flip"] = "none"
+    """Test-time augmentation of val/test evaluation: "flip" averages the logits of each image and its mirror."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -196,6 +218,7 @@ class Config:
     dist: DistConfig = DistConfig()
     log: LogConfig = LogConfig()
     ckpt: CkptConfig = CkptConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _section_types() -> dict[str, type]:
@@ -391,6 +414,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(d.synth_per_class >= 2, "data.synth_per_class", f"must be at least 2, got {d.synth_per_class}")
     need(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
     need(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
+    validate_augmentation(d, t.epochs, need)
     need(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
     need(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}")
     need(t.grad_accum >= 1, "train.grad_accum", f"must be at least 1, got {t.grad_accum}")
@@ -418,6 +442,23 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(cfg.ckpt.every_steps >= 0, "ckpt.every_steps", f"must be >= 0, got {cfg.ckpt.every_steps}")
     need(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be at least 1, got {cfg.ckpt.keep}")
     need(cfg.dist.timeout_s >= 1, "dist.timeout_s", f"must be at least 1, got {cfg.dist.timeout_s}")
+
+
+def validate_augmentation(d: DataConfig, epochs: int, need: Callable[[bool, str, str], None]) -> None:
+    """Range rules of the policy, erasing and progressive-resizing keys of [data]."""
+    need(1 <= d.randaugment_n <= 14, "data.randaugment_n", f"must be 1..14 (RandAugment has 14 operations), got {d.randaugment_n}")
+    need(0 <= d.randaugment_m <= 30, "data.randaugment_m", f"must be a magnitude bin 0..30, got {d.randaugment_m}")
+    need(0.0 <= d.erasing <= 1.0, "data.erasing", f"must be a probability in [0, 1] (0 = off), got {d.erasing}")
+    if d.progressive_start_size == 0:
+        return
+    step, start, size = d.progressive_step, d.progressive_start_size, d.image_size
+    need(step >= 1, "data.progressive_step", f"must be at least 1, got {step}")
+    need(8 <= start < size, "data.progressive_start_size", f"must be 0 (off) or 8 <= size < data.image_size ({size}), got {start}")
+    need(start % step == 0, "data.progressive_start_size", f"({start}) must be a multiple of data.progressive_step ({step})")
+    need(d.progressive_start_epoch >= 0, "data.progressive_start_epoch", f"must be >= 0, got {d.progressive_start_epoch}")
+    need(d.progressive_start_epoch < d.progressive_end_epoch <= epochs, "data.progressive_end_epoch",
+         f"must be after data.progressive_start_epoch ({d.progressive_start_epoch}) and at most train.epochs ({epochs}), "
+         f"got {d.progressive_end_epoch}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from fasttrain.config import DataConfig
+from fasttrain.data.pipelines.augment_policies import crop_mode, is_policy, torchvision_policy, with_erasing
 from fasttrain.data.pipelines.base import BatchPipeline
 from fasttrain.data.pipelines.sampling import sample_seed
 
@@ -17,12 +18,15 @@ from fasttrain.data.pipelines.sampling import sample_seed
 def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
     """ToPILImage → (RandomResizedCrop | RandomCrop with padding) → RandomHorizontalFlip → ToTensor → Normalize."""
     steps: list = [transforms.ToPILImage()]
+    augment, policy = crop_mode(augment), augment
     if augment == "rrc":
         steps.append(transforms.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)))
     elif augment == "pad_crop":
         steps.append(transforms.RandomCrop(cfg.image_size, padding=cfg.pad))
     if augment != "none":
         steps.append(transforms.RandomHorizontalFlip(cfg.hflip))
+    if is_policy(policy):
+        steps.append(torchvision_policy(cfg))
     steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
     return transforms.Compose(steps)
 
@@ -66,7 +70,8 @@ class ReferencePipeline(BatchPipeline):
         self.sampler = _PlannedBatches()
         workers = self.cfg.loader_workers
         self.loader = DataLoader(
-            _SeededSamples(self.images, self.labels, study_transform(self.cfg, self.augment), self.plan.seed),
+            _SeededSamples(self.images, self.labels, with_erasing(study_transform(self.cfg, self.augment), self.cfg, self.train),
+                           self.plan.seed),
             batch_sampler=self.sampler,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
