@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from fasttrain.config import DataConfig
@@ -49,17 +47,15 @@ def dali_policy(cfg: DataConfig, images, size: int):
     built with enable_conditionals=True). Its randomness comes from the pipeline's seed."""
     from nvidia.dali.auto_aug import rand_augment, trivial_augment
 
-    with warnings.catch_warnings():
-        # auto_aug itself still calls fn.experimental.{equalize,filter}; DALI warns about its own aliases
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*fn.experimental")
-        if cfg.augment == "randaugment":
-            return rand_augment.rand_augment(
-                images, n=cfg.randaugment_n, m=cfg.randaugment_m, shape=[size, size],
-                max_translate_rel=RANDAUGMENT_MAX_TRANSLATE_REL, fill_value=FILL_VALUE,
-            )
-        return trivial_augment.trivial_augment_wide(
-            images, max_translate_abs=TRIVIALAUGMENT_MAX_TRANSLATE_PX, fill_value=FILL_VALUE,
+    if cfg.augment == "randaugment":
+        return rand_augment.rand_augment(
+            images, n=cfg.randaugment_n, m=cfg.randaugment_m, shape=[size, size],
+            max_translate_rel=RANDAUGMENT_MAX_TRANSLATE_REL, fill_value=FILL_VALUE,
         )
+    return trivial_augment.trivial_augment_wide(
+        images, max_translate_abs=TRIVIALAUGMENT_MAX_TRANSLATE_PX, fill_value=FILL_VALUE,
+    )
+
 
 
 def torchvision_policy(cfg: DataConfig):

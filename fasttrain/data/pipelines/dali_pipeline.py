@@ -69,8 +69,7 @@ class DaliPipeline(BatchPipeline):
             policy_seed = pass_seed(self.plan.seed, epoch, self.plan.rank, self.plan.world_size)
         pipe = _graph(
             self, self._source(epoch, start), batch_size=self.plan.batch_size, num_threads=self.threads,
-            device_id=self.device_id, prefetch_queue_depth=2, py_start_method="spawn",
-            seed=policy_seed if policy_seed is not None else -1,
+            device_id=self.device_id, prefetch_queue_depth=2, py_start_method="spawn", seed=policy_seed,
         )
         pipe.build()
         return pipe
