@@ -414,7 +414,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(d.synth_per_class >= 2, "data.synth_per_class", f"must be at least 2, got {d.synth_per_class}")
     need(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
     need(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
-    validate_augmentation(d, t.epochs, need)
+    validate_augmentation(d, t.epochs, cfg.model.name, need)
     need(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
     need(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}")
     need(t.grad_accum >= 1, "train.grad_accum", f"must be at least 1, got {t.grad_accum}")
@@ -444,7 +444,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(cfg.dist.timeout_s >= 1, "dist.timeout_s", f"must be at least 1, got {cfg.dist.timeout_s}")
 
 
-def validate_augmentation(d: DataConfig, epochs: int, need: Callable[[bool, str, str], None]) -> None:
+def validate_augmentation(d: DataConfig, epochs: int, model: str, need: Callable[[bool, str, str], None]) -> None:
     """Range rules of the policy, erasing and progressive-resizing keys of [data]."""
     need(1 <= d.randaugment_n <= 14, "data.randaugment_n", f"must be 1..14 (RandAugment has 14 operations), got {d.randaugment_n}")
     need(0 <= d.randaugment_m <= 30, "data.randaugment_m", f"must be a magnitude bin 0..30, got {d.randaugment_m}")
@@ -452,6 +452,8 @@ def validate_augmentation(d: DataConfig, epochs: int, need: Callable[[bool, str,
     if d.progressive_start_size == 0:
         return
     step, start, size = d.progressive_step, d.progressive_start_size, d.image_size
+    need(not model.startswith("t2t"), "data.progressive_start_size",
+         f"must be 0 for {model}: a T2T-ViT has a fixed token grid (its position embedding), so it cannot train at other sizes")
     need(step >= 1, "data.progressive_step", f"must be at least 1, got {step}")
     need(8 <= start < size, "data.progressive_start_size", f"must be 0 (off) or 8 <= size < data.image_size ({size}), got {start}")
     need(start % step == 0, "data.progressive_start_size", f"({start}) must be a multiple of data.progressive_step ({step})")
