@@ -444,10 +444,20 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(cfg.dist.timeout_s >= 1, "dist.timeout_s", f"must be at least 1, got {cfg.dist.timeout_s}")
 
 
+def policy_backend_problem(augment: str, backend: str) -> str:
+    """Why `augment` cannot run in `backend` ("" when it can): the torch backend has no batched policies."""
+    if backend == "torch" and augment in ("randaugment", "trivialaugment"):
+        return (f'data.augment = "{augment}" runs in the dali and reference backends only, not torch; '
+                'set data.backend = "dali" (DALI\'s auto_aug, GPU or CPU) or "reference"')
+    return ""
+
+
 def validate_augmentation(d: DataConfig, epochs: int, model: str, need: Callable[[bool, str, str], None]) -> None:
     """Range rules of the policy, erasing and progressive-resizing keys of [data]."""
     need(1 <= d.randaugment_n <= 14, "data.randaugment_n", f"must be 1..14 (RandAugment has 14 operations), got {d.randaugment_n}")
     need(0 <= d.randaugment_m <= 30, "data.randaugment_m", f"must be a magnitude bin 0..30, got {d.randaugment_m}")
+    problem = policy_backend_problem(d.augment, d.backend)
+    need(not problem, "data.augment", problem.split("data.augment ", 1)[-1])
     need(0.0 <= d.erasing <= 1.0, "data.erasing", f"must be a probability in [0, 1] (0 = off), got {d.erasing}")
     if d.progressive_start_size == 0:
         return

@@ -32,7 +32,8 @@ def build_pipeline(
     object has len() (batches per epoch), num_samples, backend, set_epoch, state_dict, load_state_dict.
     """
     backend, _ = resolve_backend(data_cfg.backend, device)
-    check_policy_backend(data_cfg, backend)
+    if train:  # evaluation never augments, so any backend evaluates a policy-trained model
+        check_policy_backend(data_cfg, backend)
     pipe = _backend_pipeline(backend, data_cfg, images, labels, train=train, batch_size=batch_size, rank=rank,
                              world_size=world_size, device=device, seed=seed)
     return TrainBatchOps(pipe, data_cfg) if needs_batch_ops(data_cfg, backend, train) else pipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fasttrain.config import DataConfig
+from fasttrain.config import DataConfig, policy_backend_problem
 from fasttrain.errors import UserError
 
 POLICIES = ("randaugment", "trivialaugment")
@@ -29,11 +29,9 @@ def crop_mode(augment: str) -> str:
 
 def check_policy_backend(cfg: DataConfig, backend: str) -> None:
     """The torch backend has no batched RandAugment/TrivialAugment: say so instead of training without it."""
-    if backend == "torch" and is_policy(cfg.augment):
-        raise UserError(
-            f'data.augment = "{cfg.augment}" runs in the dali and reference backends only, not torch; '
-            'set data.backend = "dali" (DALI\'s auto_aug, GPU or CPU) or "reference"'
-        )
+    problem = policy_backend_problem(cfg.augment, backend)
+    if problem:  # data.backend = "auto" resolved to torch (on CUDA)
+        raise UserError(problem)
 
 
 def pass_seed(seed: int, epoch: int, rank: int, world_size: int) -> int:
