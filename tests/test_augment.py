@@ -142,3 +142,15 @@ def test_progressive_resizing_trains_small_and_evaluates_full(images, backend):
         assert batch.is_contiguous(memory_format=torch.channels_last)
     assert shapes == [(16, 16), (24, 24), (32, 32)]
     assert next(iter(pipeline(images, cfg, train=False)))[0].shape[2:] == (32, 32)
+
+
+def test_flip_tta_averages_the_logits_of_image_and_mirror():
+    from fasttrain.tta import tta_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    images = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    expected = (model(images) + model(torch.flip(images, dims=[3]))) / 2
+    assert torch.allclose(tta_logits(model, images, "flip"), expected)
+    assert torch.equal(tta_logits(model, images, "none"), model(images))
+    assert not torch.allclose(expected, model(images))

@@ -54,11 +54,13 @@ def evaluate_cli(run_dir: Path, *extra: str) -> dict:
 
 def test_erasing_progressive_linear_train_resume_and_evaluate_on_digits(digits_root, tmp_path):
     sets = ("data.backend=torch", "data.erasing=0.5", "data.progressive_start_size=16", "data.progressive_end_epoch=1",
-            "sched.name=linear")
+            "sched.name=linear", "eval.tta=flip")
     full = train_stop_resume(digits_root, tmp_path, *sets, stop_at=10)
     results = json.loads((full / "results.json").read_text())
-    assert 0.0 <= results["test_top1"] <= 1.0
-    assert evaluate_cli(full)["count"] == 359
+    flipped, plain = evaluate_cli(full), evaluate_cli(full, "--tta", "none")
+    assert flipped["tta"] == "flip" and flipped["count"] == plain["count"] == 359
+    assert flipped["top1"] == pytest.approx(results["test_top1"])  # the trainer's test figure used the run's TTA
+    assert flipped["loss"] != plain["loss"]
 
 
 OPTIONS = {

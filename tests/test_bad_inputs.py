@@ -227,6 +227,8 @@ ROWS = {
                                               "data.progressive_end_epoch=1"), 2, "a T2T-ViT has a fixed token grid", "in"),
     "sched-name-typo": Row(lambda s: fresh(s, "sched.name=liner"), 2, "did you mean 'linear'?", "in"),
     "tta-typo": Row(lambda s: fresh(s, "eval.tta=flp"), 2, "did you mean 'flip'?", "in"),
+    "eval-tta-unknown": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--tta", "flop"], 2,
+                            "argument --tta: invalid choice: 'flop'", "in"),
     "eval-missing-checkpoint": Row(lambda s: ["eval", "--ckpt", str(s.scratch / "no.pt")], 2,
                                    "checkpoint not found", "in"),
     "eval-batch-0": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--batch-size", "0"], 2,
