@@ -64,6 +64,14 @@ def test_torch_backend_refuses_policies_naming_dali(images):
     for policy in ("randaugment", "trivialaugment"):
         with pytest.raises(UserError, match='runs in the dali and reference backends only.*data.backend = "dali"'):
             pipeline(images, DataConfig(image_size=32, backend="torch", augment=policy))
+        # data.backend = "auto" resolves to torch on CUDA: the same error, not a run without the policy
+        with pytest.raises(UserError, match='data.backend = "dali"'):
+            build_pipeline(DataConfig(image_size=32, augment=policy), images[0], images[1], train=True, batch_size=32,
+                           device=CPU, backend="torch")
+        # evaluation never augments: a policy-trained run evaluates on any backend
+        eval_pipe = build_pipeline(DataConfig(image_size=32, augment=policy), images[0], images[1], train=False,
+                                   batch_size=32, device=CPU, backend="torch")
+        assert next(iter(eval_pipe))[0].shape == (32, 3, 32, 32)
 
 
 def test_reference_backend_uses_torchvision_policies_and_erasing(images):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from fasttrain.config import DataConfig, policy_backend_problem
+from fasttrain.augment_rules import POLICY_NAMES, policy_backend_problem
+from fasttrain.config import DataConfig
 from fasttrain.errors import UserError
 
-POLICIES = ("randaugment", "trivialaugment")
+POLICIES = POLICY_NAMES
 
 # torchvision's translation ranges, so the dali and reference backends draw the same shifts:
 # RandAugment shifts up to 150/331 of the image side, TrivialAugmentWide up to 32 pixels.
