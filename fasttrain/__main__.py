@@ -63,6 +63,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--backend", choices=["auto", "dali", "torch", "reference"], help="input pipeline (default: the run's)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's [eval] tta)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--debug", action="store_true")
@@ -76,11 +77,11 @@ def eval_main(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
-                                 batch_size=args.batch_size, device=args.device)
+                                 batch_size=args.batch_size, device=args.device, tta=args.tta)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} on {result['split']} ({result['count']} images): "
+        print(f"{result['model']} on {result['split']} ({result['count']} images, tta {result['tta']}): "
               f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}")
     return 0
 

@@ -14,6 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from fasttrain.augment_rules import validate_augmentation
 from fasttrain.errors import did_you_mean
 from fasttrain.models.registry import check_knobs
 from fasttrain.schema import ConfigError, build_dataclass, coerce  # noqa: F401  ConfigError, coerce: this module's API too
@@ -45,8 +46,23 @@ class DataConfig:
     synth_val_per_class: int = 50
     backend: Literal["auto", "dali", "torch", "reference"] = "auto"
     """Input pipeline; "auto" picks the fastest measured for the device (see README)."""
-    augment: Literal["rrc", "pad_crop", "none"] = "rrc"
-    """Train augmentation: RandomResizedCrop (the study's), pad-and-random-crop, or none."""
+    augment: Literal["rrc", "pad_crop", "none", "randaugment", "trivialaugment"] = "rrc"
+    """Train augmentation: RandomResizedCrop (the study's), pad-and-random-crop, none, or RandomResizedCrop + flip
+    followed by RandAugment / TrivialAugmentWide (dali and reference backends; DALI's nvidia.dali.auto_aug)."""
+    randaugment_n: int = 2
+    """RandAugment: operations applied to each image."""
+    randaugment_m: int = 9
+    """RandAugment: magnitude bin, 0..30 (31 bins, as torchvision's and DALI's defaults)."""
+    erasing: float = 0.0
+    """Random erasing probability per train image (0 = off); torchvision's RandomErasing rule, applied on the device."""
+    progressive_start_size: int = 0
+    """Progressive resizing: train images start at this size and grow to image_size (0 = off)."""
+    progressive_start_epoch: int = 0
+    """Progressive resizing: last epoch at progressive_start_size; the size grows linearly after it."""
+    progressive_end_epoch: int = 0
+    """Progressive resizing: first epoch at full image_size."""
+    progressive_step: int = 8
+    """Progressive resizing: sizes are multiples of this, so a compiled model sees only a few shapes."""
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     pad: int = 4
@@ -103,7 +119,8 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "constant", "linear"] = "cosine"
+    """"linear": after warm-up, straight down to min_lr at the last step (budgeted training)."""
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.01
     min_lr: float = 0.0
@@ -175,6 +192,12 @@ class CkptConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    tta: Literal["none", "flip"] = "none"
+    """Test-time augmentation of val/test evaluation: "flip" averages the logits of each image and its mirror."""
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -185,6 +208,7 @@ class Config:
     dist: DistConfig = DistConfig()
     log: LogConfig = LogConfig()
     ckpt: CkptConfig = CkptConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def _section_types() -> dict[str, type]:
@@ -307,6 +331,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(d.synth_per_class >= 2, "data.synth_per_class", f"must be at least 2, got {d.synth_per_class}")
     need(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
     need(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
+    validate_augmentation(d, t.epochs, cfg.model.name, need)
     need(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
     need(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}")
     need(t.grad_accum >= 1, "train.grad_accum", f"must be at least 1, got {t.grad_accum}")

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from fasttrain.engine.distributed import DistInfo, all_reduce_sum
 from fasttrain.engine.precision import autocast, resolve_amp
+from fasttrain.tta import tta_logits
 
 # The variants a run evaluates and the prefix of their keys: the trained model, its EMA, its best-val weights.
 VARIANT_PREFIXES = {"model": "", "ema": "ema_", "best": "best_"}
@@ -25,9 +26,10 @@ def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str, tta: str = "none") -> dict[str, float]:
     """Loss, top-1 and top-5 over the whole split: sums of correct and counts reduced across ranks. Every batch
-    reaches the model at the first batch's size (see pad_batch); each sample is counted exactly once."""
+    reaches the model at the first batch's size (see pad_batch); each sample is counted exactly once.
+    `tta` ([eval] tta): "flip" scores the mean logits of each image and its mirror."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
@@ -37,7 +39,7 @@ def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str) -> dict
         count = labels.shape[0]
         full = full or count
         with autocast(amp, info.device):
-            logits = model(pad_batch(images, full))[:count]
+            logits = tta_logits(model, pad_batch(images, full), tta)[:count]
         logits = logits.float()
         k = min(5, logits.shape[1])
         topk = logits.topk(k, dim=1).indices
@@ -54,7 +56,7 @@ def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str) -> dict
 
 
 def evaluate_variants(variants: dict[str, torch.nn.Module | None], pipes: dict[str, object], info: DistInfo, amp: str,
-                      *, with_loss: bool = False) -> dict[str, float]:
+                      *, with_loss: bool = False, tta: str = "none") -> dict[str, float]:
     """One loop over variants × splits → '{prefix}{split}_top1' and '_top5' (prefixes: VARIANT_PREFIXES).
 
     A variant given as None is skipped; the best weights are judged on test only (their val top-1 is what
@@ -65,7 +67,7 @@ def evaluate_variants(variants: dict[str, torch.nn.Module | None], pipes: dict[s
         for variant, model in variants.items():
             if model is None or (variant == "best" and split != "test"):
                 continue
-            scores = evaluate(model, pipe, info, amp)
+            scores = evaluate(model, pipe, info, amp, tta)
             prefix = VARIANT_PREFIXES[variant]
             if with_loss and variant == "model":
                 out[f"{split}_loss"] = scores["loss"]

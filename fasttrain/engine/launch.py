@@ -62,8 +62,10 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
         shutdown(info)
 
 
-def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str) -> dict[str, Any]:
-    """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on."""
+def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str,
+                        tta: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on
+    (`tta` None: the run's [eval] tta)."""
     from fasttrain.data.pipelines import build_pipeline, resolve_backend
     from fasttrain.engine.evaluate import evaluate
 
@@ -83,5 +85,6 @@ def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_si
     images, labels = cache.split(split)
     pipe = build_pipeline(cfg.data, images, labels, train=False, batch_size=batch_size, rank=0, world_size=1,
                           device=info.device, seed=cfg.train.seed, backend=chosen)
-    result = evaluate(model, pipe, info, cfg.train.amp)
-    return {"model": cfg.model.name, "split": split, "checkpoint": str(path), **result}
+    tta = tta or cfg.eval.tta
+    result = evaluate(model, pipe, info, cfg.train.amp, tta)
+    return {"model": cfg.model.name, "split": split, "checkpoint": str(path), "tta": tta, **result}

@@ -50,6 +50,8 @@ def lr_factor(cfg: SchedConfig, step: int, steps_per_epoch: int, total_steps: in
         return cfg.gamma ** sum(1 for m in cfg.milestones if epoch >= m)
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
+    if cfg.name == "linear":  # reaches min_lr at the last step (step total_steps - 1)
+        return floor + (1.0 - floor) * max(0.0, 1.0 - (step - warmup_steps) / max(1, span - 1))
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -14,6 +14,7 @@ from fasttrain.config import Config, to_dict
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.batch_plan import plan_batches
 from fasttrain.engine.distributed import DistInfo, all_gather_objects
+from fasttrain.data.pipelines.progressive import schedule_sizes
 from fasttrain.engine.evaluate import evaluate_variants
 from fasttrain.engine.metrics import TrainMetrics, mfu_inputs
 from fasttrain.engine.metrics_log import MetricsWriter, progress_bar
@@ -73,6 +74,8 @@ class Trainer:
         cfg, info = self.cfg, self.info
         backend, reason = resolve_backend(cfg.data.backend, self.device)
         self.log(f"data: backend {backend} ({reason})")
+        if cfg.data.progressive_start_size:
+            self.log(f"data: progressive resizing, train sizes {schedule_sizes(cfg.data, cfg.train.epochs)} (eval at {cfg.data.image_size})")
 
         def pipeline(split: str, train: bool, batch_size: int):
             images, labels = self.cache.split(split)
@@ -216,7 +219,7 @@ class Trainer:
         improved = False
         if "val" in self.eval_pipes and ((epoch + 1) % cfg.train.eval_every_epochs == 0 or last_epoch):
             record.update(evaluate_variants(self._variants(with_best=False), {"val": self.eval_pipes["val"]},
-                                            self.info, self.amp, with_loss=True))
+                                            self.info, self.amp, with_loss=True, tta=cfg.eval.tta))
             improved = record["val_top1"] > self.best_val
             if improved:
                 self.best_val, self.best_epoch = record["val_top1"], epoch + 1
@@ -245,7 +248,8 @@ class Trainer:
         }
         if self.scaler.is_enabled():
             results["skipped_steps"] = self.metrics.skipped()
-        results.update(evaluate_variants(self._variants(with_best=True), self.eval_pipes, self.info, self.amp))
+        results.update(evaluate_variants(self._variants(with_best=True), self.eval_pipes, self.info, self.amp,
+                                         tta=cfg.eval.tta))
         if self.info.is_main:
             self.metrics_log.close()
             atomic_write_json(self.run_dir.results, results)

@@ -7,7 +7,9 @@ import torch
 
 from fasttrain.config import DataConfig
 from fasttrain.data.pipelines.backend_choice import BACKENDS, resolve_backend
+from fasttrain.data.pipelines.augment_policies import check_policy_backend
 from fasttrain.data.pipelines.base import BatchPipeline
+from fasttrain.data.pipelines.batch_ops import TrainBatchOps, needs_batch_ops
 
 __all__ = ["BACKENDS", "BatchPipeline", "build_pipeline", "resolve_backend"]
 
@@ -34,6 +36,15 @@ def build_pipeline(
     """
     if backend is None:
         backend, _ = resolve_backend(data_cfg.backend, device)
+    if train:  # evaluation never augments, so any backend evaluates a policy-trained model
+        check_policy_backend(data_cfg, backend)
+    pipe = _backend_pipeline(backend, data_cfg, images, labels, train=train, batch_size=batch_size, rank=rank,
+                             world_size=world_size, device=device, seed=seed)
+    return TrainBatchOps(pipe, data_cfg) if needs_batch_ops(data_cfg, backend, train) else pipe
+
+
+def _backend_pipeline(backend: str, data_cfg: DataConfig, images: np.ndarray, labels: np.ndarray, *, train: bool,
+                      batch_size: int, rank: int, world_size: int, device: torch.device, seed: int) -> BatchPipeline:
     kwargs = dict(train=train, batch_size=batch_size, rank=rank, world_size=world_size, device=torch.device(device), seed=seed)
     if backend == "torch":
         from fasttrain.data.pipelines.torch_pipeline import TorchPipeline

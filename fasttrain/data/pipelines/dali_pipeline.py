@@ -8,6 +8,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from nvidia.dali.pipeline import pipeline_def
+
+from fasttrain.data.pipelines.augment_policies import crop_mode, dali_policy, is_policy, pass_seed
 from fasttrain.data.pipelines.base import BatchPipeline
 from fasttrain.data.pipelines.sampling import sample_crop_params
 
@@ -15,7 +18,10 @@ from fasttrain.data.pipelines.sampling import sample_crop_params
 class DaliPipeline(BatchPipeline):
     """One DALI graph per pass over an epoch: an `external_source` in batch mode hands DALI each
     planned batch (this rank's shard of the epoch permutation) together with host-sampled crop
-    windows and flip flags, so no randomness comes from DALI's own RNG and resume is exact.
+    windows and flip flags. The one exception is an augmentation policy (RandAugment, TrivialAugmentWide
+    from nvidia.dali.auto_aug), whose operator choice and magnitudes come from DALI's RNG seeded per
+    pass from (seed, epoch, rank); a mid-epoch resume replays the pass up to its batch (see _batches),
+    so resume stays exact at the cost of redoing that part of the epoch's augmentation once.
 
     On CUDA the images go to the GPU right after the source and every operator runs there; on CPU
     the graph runs with device_id=None and CPU operators. Outputs reach torch through DLPack
@@ -48,7 +54,7 @@ class DaliPipeline(BatchPipeline):
             if self.augment == "none":
                 return (images,)
             params = sample_crop_params(
-                plan.batch_rng(epoch, k), count, height, width, augment=self.augment, output_size=self.cfg.image_size,
+                plan.batch_rng(epoch, k), count, height, width, augment=crop_mode(self.augment), output_size=self.cfg.image_size,
                 scale=self.cfg.crop_scale, ratio=self.cfg.crop_ratio, pad=self.cfg.pad, hflip=self.cfg.hflip,
             )
             anchors = np.stack([params.top, params.left], axis=1).astype(np.float32)
@@ -58,44 +64,13 @@ class DaliPipeline(BatchPipeline):
         return next_batch
 
     def _build(self, epoch: int, start: int):
-        from nvidia.dali import fn
-        from nvidia.dali.pipeline import Pipeline
-
-        types = self._types
-        scale = 255.0
-        size = self.cfg.image_size
-        pipe = Pipeline(
-            batch_size=self.plan.batch_size, num_threads=self.threads, device_id=self.device_id,
-            prefetch_queue_depth=2, py_start_method="spawn",
+        policy_seed = None
+        if is_policy(self.augment):
+            policy_seed = pass_seed(self.plan.seed, epoch, self.plan.rank, self.plan.world_size)
+        pipe = _graph(
+            self, self._source(epoch, start), batch_size=self.plan.batch_size, num_threads=self.threads,
+            device_id=self.device_id, prefetch_queue_depth=2, py_start_method="spawn", seed=policy_seed,
         )
-        with pipe:
-            if self.augment == "none":
-                (images,) = fn.external_source(
-                    source=self._source(epoch, start), num_outputs=1, batch=True, layout=["HWC"], dtype=[types.UINT8]
-                )
-                mirror = 0
-            else:
-                images, anchors, shapes, mirror = fn.external_source(
-                    source=self._source(epoch, start), num_outputs=4, batch=True, layout=["HWC", "", "", ""],
-                    dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32],
-                )
-            if self.on_gpu:
-                images = images.gpu()
-            if self.augment == "rrc":
-                images = fn.resize(
-                    images, size=[size, size], roi_start=anchors, roi_end=anchors + shapes, roi_relative=False,
-                    interp_type=types.INTERP_LINEAR, antialias=False,
-                )
-            elif self.augment == "pad_crop":
-                images = fn.slice(
-                    images, anchors, shapes, axis_names="HW", normalized_anchor=False, normalized_shape=False,
-                    out_of_bounds_policy="pad", fill_values=0,
-                )
-            images = fn.crop_mirror_normalize(
-                images, mirror=mirror, mean=[m * scale for m in self.cfg.mean], std=[s * scale for s in self.cfg.std],
-                dtype=self.dali_dtype, output_layout="HWC",
-            )
-            pipe.set_outputs(images)
         pipe.build()
         return pipe
 
@@ -104,9 +79,49 @@ class DaliPipeline(BatchPipeline):
             return
         # A fresh graph per pass costs tens of milliseconds and makes abandoning a pass midway
         # (a break, a resume, a new epoch) safe: nothing prefetched for the old plan survives.
-        pipe = self._build(epoch, start)
+        # A policy's randomness is DALI's own RNG, seeded per (seed, epoch, rank) pass; its state after
+        # k batches depends only on how many samples it has drawn, so a resume at batch `start` replays
+        # batches 0..start-1 through the graph and drops them, and batch `start` is then bit-identical.
+        replay = start if is_policy(self.augment) else 0
+        pipe = self._build(epoch, start - replay)
+        for _ in range(replay):
+            pipe.run()
         for indices in self.plan.batches(epoch, start):
             (images,) = pipe.run()
             nhwc = torch.from_dlpack(images.as_tensor())
             nchw = nhwc.permute(0, 3, 1, 2)  # NHWC memory is NCHW channels_last
             yield nchw.to(self.output_dtype), self._labels_on_device(indices)
+
+
+@pipeline_def(enable_conditionals=True)  # auto_aug picks operations per sample with DALI conditionals
+def _graph(owner: DaliPipeline, source):
+    """Source → (crop/resize | pad-crop) → policy → flip + normalize, for DaliPipeline `owner`."""
+    from nvidia.dali import fn, types
+
+    size = owner.cfg.image_size
+    if owner.augment == "none":
+        (images,) = fn.external_source(source=source, num_outputs=1, batch=True, layout=["HWC"], dtype=[types.UINT8])
+        mirror = 0
+    else:
+        images, anchors, shapes, mirror = fn.external_source(
+            source=source, num_outputs=4, batch=True, layout=["HWC", "", "", ""],
+            dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32],
+        )
+    if owner.on_gpu:
+        images = images.gpu()
+    if owner.augment == "pad_crop":
+        images = fn.slice(
+            images, anchors, shapes, axis_names="HW", normalized_anchor=False, normalized_shape=False,
+            out_of_bounds_policy="pad", fill_values=0,
+        )
+    elif owner.augment != "none":
+        images = fn.resize(
+            images, size=[size, size], roi_start=anchors, roi_end=anchors + shapes, roi_relative=False,
+            interp_type=types.INTERP_LINEAR, antialias=False,
+        )
+    if is_policy(owner.augment):
+        images = dali_policy(owner.cfg, images, size)
+    return fn.crop_mirror_normalize(
+        images, mirror=mirror, mean=[m * 255.0 for m in owner.cfg.mean], std=[s * 255.0 for s in owner.cfg.std],
+        dtype=owner.dali_dtype, output_layout="HWC",
+    )

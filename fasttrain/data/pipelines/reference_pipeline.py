@@ -10,18 +10,22 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from fasttrain.config import DataConfig
+from fasttrain.data.pipelines.augment_policies import crop_mode, is_policy, torchvision_policy, with_erasing
 from fasttrain.data.pipelines.base import BatchPipeline
 
 
 def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
     """ToPILImage → (RandomResizedCrop | RandomCrop with padding) → RandomHorizontalFlip → ToTensor → Normalize."""
     steps: list = [transforms.ToPILImage()]
+    augment, policy = crop_mode(augment), augment
     if augment == "rrc":
         steps.append(transforms.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)))
     elif augment == "pad_crop":
         steps.append(transforms.RandomCrop(cfg.image_size, padding=cfg.pad))
     if augment != "none":
         steps.append(transforms.RandomHorizontalFlip(cfg.hflip))
+    if is_policy(policy):
+        steps.append(torchvision_policy(cfg))
     steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
     return transforms.Compose(steps)
 
@@ -63,7 +67,8 @@ class ReferencePipeline(BatchPipeline):
         self.sampler = _PlannedBatches()
         workers = self.cfg.loader_workers
         self.loader = DataLoader(
-            _SeededBatches(self.images, self.labels, study_transform(self.cfg, self.augment)),
+            _SeededBatches(self.images, self.labels,
+                           with_erasing(study_transform(self.cfg, self.augment), self.cfg, self.train)),
             sampler=self.sampler,
             batch_size=None,  # the dataset builds whole batches
             num_workers=workers,
