@@ -1,4 +1,4 @@
-"""Entry point: `python -m fasttrain --cfg configs/X.toml` trains; `python -m fasttrain eval --ckpt PATH` evaluates."""
+"""Entry point: `python -m fasttrain --cfg configs/X.toml` trains; subcommands eval, predict and export use its checkpoints."""
 
 from __future__ import annotations
 
@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     show_logged_messages()
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
+    if argv and argv[0] == "predict":
+        from fasttrain.inference.predict import predict_main
+
+        return predict_main(argv[1:])
+    if argv and argv[0] == "export":
+        from fasttrain.inference.export import export_main
+
+        return export_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)
