@@ -65,6 +65,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--report", metavar="DIR", help="also write per-class top-1, confused pairs and PNGs into DIR; "
+                                                   "accepts best_model.pt and exported .safetensors bundles too")
+    p.add_argument("--run-dir", help="with --report, for a checkpoint without a model card: its run directory")
+    p.add_argument("--ema", action="store_true", help="with --report: the EMA weights of a training checkpoint")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -75,6 +79,18 @@ def eval_main(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.report:
+        from fasttrain.inference.eval_report import report_main
+
+        summary = report_main(args)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            print(f"{summary['model']} on {summary['split']} ({summary['count']} images): top-1 {summary['top1']:.4f}  "
+                  f"top-5 {summary['top5']:.4f} | report in {args.report} ({', '.join(summary['files'].values())})")
+        return 0
+    if args.run_dir or args.ema:
+        raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
     result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
                                  batch_size=args.batch_size, device=args.device)
     if args.json:
