@@ -126,6 +126,10 @@ def open_model(path: str | os.PathLike, *, run_dir: str | os.PathLike | None = N
                         f"was written in")
     if path.suffix == ".safetensors":
         return _open_bundle(path, ema)
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # torch.save writes a zip archive; a truncated one still starts like one
+            raise UserError(f"{path} is not a fasttrain checkpoint (not a torch.save archive); pass best_model.pt, "
+                            f"a checkpoints/ckpt_*.pt file or an exported .safetensors bundle")
     return _open_checkpoint(path, run_dir, ema)
 
 
