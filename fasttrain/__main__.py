@@ -82,22 +82,19 @@ def eval_main(argv: list[str]) -> int:
     if args.report:
         from fasttrain.inference.eval_report import report_main
 
-        summary = report_main(args)
-        if args.json:
-            print(json.dumps(summary))
-        else:
-            print(f"{summary['model']} on {summary['split']} ({summary['count']} images): top-1 {summary['top1']:.4f}  "
-                  f"top-5 {summary['top5']:.4f} | report in {args.report} ({', '.join(summary['files'].values())})")
-        return 0
-    if args.run_dir or args.ema:
+        result = report_main(args)
+        detail = f"| report in {args.report} ({', '.join(result['files'].values())})"
+    elif args.run_dir or args.ema:
         raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
-    result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
-                                 batch_size=args.batch_size, device=args.device)
+    else:
+        result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
+                                     batch_size=args.batch_size, device=args.device)
+        detail = f"loss {result['loss']:.4f}"
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['model']} on {result['split']} ({result['count']} images): "
-              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {detail}")
     return 0
 
 

@@ -195,3 +195,22 @@ def test_predict_export_and_report_refuse_a_checkpoint_carrying_a_pickled_object
         assert refused.returncode == 2 and "holds pickled Python objects" in refused.stderr, refused
     assert flags and all(flag is True for flag in flags) and not marker.exists()
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "report").exists()
+
+
+@pytest.mark.gpu
+def test_predict_on_the_gpu_gives_the_cpu_classes(trained, tmp_path):
+    base, run, _ = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(cache_of(base).split("test")[0][:12]):
+        write_rgb(folder / f"{i:02d}.png", image)
+    results = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.jsonl"
+        run_in_process(["predict", "--ckpt", str(run / "best_model.pt"), str(folder), "--device", device,
+                        "--json", str(out), "--quiet"], check=True)
+        results[device] = predictions(out)
+    for name, record in results["cpu"].items():
+        gpu = results["cuda"][name]["topk"]
+        assert gpu[0]["class_index"] == record["topk"][0]["class_index"]
+        assert abs(gpu[0]["probability"] - record["topk"][0]["probability"]) < 1e-3
