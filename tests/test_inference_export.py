@@ -137,3 +137,27 @@ def test_export_checks_on_given_images_and_a_bundle_exports_again(trained, tmp_p
                              "--images", str(tmp_path / "0.png"), str(tmp_path / "1.png"), str(tmp_path / "2.png")],
                             check=True)
     assert "checked on 3 of the given images" in result.stdout
+
+
+def test_a_t2t_vit_with_single_head_token_attention_exports_to_onnx(trained, tmp_path):
+    """T2T-ViT's token blocks call scaled_dot_product_attention on 3-D tensors, which onnxscript alone cannot
+    translate; the artifact must still match the eager model."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from fasttrain.inference.export import export_model
+    from fasttrain.inference.loaded import LoadedModel
+    from fasttrain.inference.model_card import model_from_card
+
+    run, ckpt, pixels = trained
+    card = dict(torch.load(ckpt, weights_only=True)["card"], model="t2t_vit_t_14",
+                knobs={"img_size": 32, "token_dim": 16, "embed_dim": 32, "depth": 1, "num_heads": 2})
+    torch.manual_seed(0)
+    loaded = LoadedModel(tmp_path / "t2t.pt", card, model_from_card(card), "best_model", "model")
+    out = tmp_path / "t2t.onnx"
+    result = export_model(loaded, "onnx", out, float_input=False, images=None, tolerance=1e-4)
+    assert result.max_abs_diff <= result.allowed
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"inputs": np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))})[0]
+    with torch.no_grad():
+        want = loaded.pixels_to_logits()(torch.from_numpy(pixels).permute(0, 3, 1, 2)).numpy()
+    assert_close(got, want)
