@@ -86,6 +86,9 @@ def eval_main(argv: list[str]) -> int:
         detail = f"| report in {args.report} ({', '.join(result['files'].values())})"
     elif args.run_dir or args.ema:
         raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
+    elif Path(args.ckpt).name == "best_model.pt" or Path(args.ckpt).suffix == ".safetensors":
+        raise UserError(f"{args.ckpt}: plain eval reads a training checkpoint (checkpoints/ckpt_*.pt); for best_model.pt "
+                        f"or an exported bundle add --report DIR")
     else:
         result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
                                      batch_size=args.batch_size, device=args.device)

@@ -73,7 +73,7 @@ def check_batch(loaded, images: list[str] | None) -> tuple[np.ndarray, str]:
             cache = open_cache(cache_dir)
         except CacheError:
             cache = None
-        if cache is not None and cache.image_size == size:
+        if cache is not None and cache.image_size == size and cache.num_classes == loaded.card["num_classes"]:
             split = next((s for s in ("test", "val") if s in cache.splits and cache.count(s) > 0), None)
             if split is not None:
                 pixels, _ = cache.split(split)
@@ -133,7 +133,7 @@ def export_model(loaded, format_name: str, out: Path, *, float_input: bool, imag
     pixels, source = check_batch(loaded, images)
     batch = _as_input(pixels, float_input, loaded)
     eager_net = loaded.module if float_input else loaded.pixels_to_logits()
-    eager = fmt._torch_runner(eager_net.eval())
+    eager = fmt.torch_runner(eager_net.eval())
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
     try:

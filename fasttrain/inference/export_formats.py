@@ -59,7 +59,7 @@ def load_safetensors(path: Path, float_input: bool) -> Runner:
 
     loaded = open_model(path)
     net = loaded.module if float_input else loaded.pixels_to_logits()
-    return _torch_runner(net)
+    return torch_runner(net)
 
 
 # --- torch.export: a program with a dynamic batch -------------------------------------------------------------
@@ -90,7 +90,7 @@ def write_export(net: torch.nn.Module, example: torch.Tensor, card_text: str, pa
 def load_export(path: Path, float_input: bool) -> Runner:
     # The program was written by this process a moment ago (torch.export.load unpickles: never a foreign file).
     program = torch.export.load(str(path)).module()
-    return _torch_runner(program)
+    return torch_runner(program)
 
 
 # --- ONNX: torch.onnx.export(dynamo=True), checked with onnxruntime ---------------------------------------------
@@ -145,7 +145,7 @@ def onnx_card(path: Path) -> dict:
     return json.loads(props[ONNX_CARD_KEY])
 
 
-def _torch_runner(net) -> Runner:
+def torch_runner(net) -> Runner:
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return net(torch.from_numpy(batch)).float().numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,23 @@ def _open_bundle(path: Path, ema: bool) -> LoadedModel:
     return LoadedModel(path, card, module.eval(), "bundle", card.get("weights", "model"))
 
 
+def _is_export_archive(path: Path) -> bool:
+    """A torch.export.save archive (whatever its name): a zip with an archive_format record, not torch.save's data.pkl."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+    return any(n.endswith("/archive_format") for n in names) and not any(n.endswith("/data.pkl") for n in names)
+
+
 def open_model(path: str | os.PathLike, *, run_dir: str | os.PathLike | None = None, ema: bool = False) -> LoadedModel:
     """Open a checkpoint (.pt) or safetensors bundle; every problem is one UserError line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass best_model.pt, a checkpoints/ckpt_*.pt file or an "
                         f"exported .safetensors bundle to --ckpt)")
-    if path.suffix == ".pt2":
+    if path.suffix == ".pt2" or _is_export_archive(path):
         raise UserError(f"{path} is a torch.export program: loading one unpickles code, which fasttrain refuses; "
                         f"pass the checkpoint or the .safetensors bundle it was exported from")
     if run_dir is not None and not Path(run_dir).is_dir():
