@@ -214,3 +214,24 @@ def test_predict_on_the_gpu_gives_the_cpu_classes(trained, tmp_path):
         gpu = results["cuda"][name]["topk"]
         assert gpu[0]["class_index"] == record["topk"][0]["class_index"]
         assert abs(gpu[0]["probability"] - record["topk"][0]["probability"]) < 1e-3
+
+
+def test_an_imagefolder_card_names_classes_by_their_folders(tmp_path):
+    from fasttrain.config import load_config
+    from fasttrain.data.prepare import prepare_cache
+    from fasttrain.inference.model_card import build_card
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 5), ("val", 2)):
+        for name in ("tabby cat", "dogs"):
+            (tmp_path / "tree" / split / name).mkdir(parents=True)
+            for i in range(count):
+                write_rgb(tmp_path / "tree" / split / name / f"{i}.png", rng.integers(0, 256, (20, 24, 3), np.uint8))
+    cfg = load_config(None, ["data.source=imagefolder", f'data.root="{tmp_path / "tree"}"', "data.image_size=16",
+                             "model.name=resnet18", "model.width=0.125"])
+    cache = open_cache(prepare_cache("imagefolder", tmp_path / "tree", cache_dir=tmp_path / "cache", image_size=16,
+                                     val_ratio=0.2, seed=0, workers=1))
+    card = build_card(cfg, cache)
+    assert card["class_ids"] == card["class_names"] == ["dogs", "tabby cat"]
+    assert card["image_size"] == 16 and card["knobs"] == {"width": 0.125}
+    assert len(card["check_images"]) == cache.count("val") and card["check_images"].shape[1:] == (16, 16, 3)
