@@ -31,12 +31,9 @@ def _batch_dim() -> dict:
 
 def require_onnx() -> None:
     """One line naming the extra when the ONNX exporter's packages are missing."""
-    missing = []
-    for name in ("onnx", "onnxscript"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    import importlib.util
+
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(f"--format onnx needs the optional package{'s' if len(missing) > 1 else ''} "
                         f"{' and '.join(missing)}: {EXPORT_EXTRA}")
