@@ -231,6 +231,10 @@ ROWS = {
     "export-unknown-format": Row(lambda s: ["export", "--ckpt", str(s.checkpoint()), "--format", "onx",
                                             "--out", str(s.out)], 2, "unknown export format 'onx'; did you mean 'onnx'?",
                                  "in"),
+    "export-onnx-without-the-extra": Row(lambda s: ["export", "--ckpt", str(s.checkpoint()), "--format", "onnx",
+                                                    "--out", str(s.out)], 2,
+                                         "needs the optional package onnxscript: pip install 'fasttrain[export]'", "in",
+                                         prepare=lambda monkeypatch: monkeypatch.setitem(sys.modules, "onnxscript", None)),
     "eval-batch-0": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--batch-size", "0"], 2,
                         "--batch-size must be at least 1", "in"),
 }
