@@ -148,9 +148,13 @@ def export_model(loaded, format_name: str, out: Path, *, float_input: bool, imag
                        input="float" if float_input else "uint8",
                        check={"images": result.images, "source": result.source,
                               "max_abs_logit_diff": result.max_abs_diff, "allowed": result.allowed})
-        atomic_write_json(sidecar_path(out), sidecar)
-        with open(staged, "rb") as src:
-            atomic_write(out, lambda dst: shutil.copyfileobj(src, dst, 16 << 20))
+        atomic_write_json(sidecar_path(out), sidecar)  # first: an artifact at `out` always has its card beside it
+        try:
+            with open(staged, "rb") as src:
+                atomic_write(out, lambda dst: shutil.copyfileobj(src, dst, 16 << 20))
+        except BaseException:
+            sidecar_path(out).unlink(missing_ok=True)
+            raise
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
