@@ -420,46 +420,6 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(cfg.dist.timeout_s >= 1, "dist.timeout_s", f"must be at least 1, got {cfg.dist.timeout_s}")
 
 
-@dataclass(frozen=True)
-class Derived:
-    """Values computed from the config and the world, kept apart from the config itself."""
-
-    world_size: int
-    per_rank_batch: int
-    micro_batch: int
-    """Per-rank batch of one forward/backward (per_rank_batch / grad_accum)."""
-    steps_per_epoch: int
-    total_steps: int
-    lr: float
-    """The base learning rate after linear batch scaling."""
-
-
-def derive(cfg: Config, *, world_size: int, train_size: int, where: str = "config") -> Derived:
-    """Per-rank batch, steps per epoch and scaled lr; errors when the batch does not divide."""
-    t = cfg.train
-    if t.batch_size % world_size:
-        raise ConfigError(
-            f"{where}: [train] batch_size {t.batch_size} is not divisible by the world size {world_size}; "
-            f"use a multiple of {world_size} (it is the global batch)"
-        )
-    per_rank = t.batch_size // world_size
-    if per_rank % t.grad_accum:
-        raise ConfigError(
-            f"{where}: [train] grad_accum {t.grad_accum} does not divide the per-rank batch {per_rank} "
-            f"(batch_size {t.batch_size} / world size {world_size})"
-        )
-    steps = train_size // t.batch_size
-    if steps < 1:
-        raise ConfigError(
-            f"{where}: [train] batch_size {t.batch_size} is larger than the train split ({train_size} images); lower it"
-        )
-    total = steps * t.epochs
-    if t.max_steps:
-        total = min(total, t.max_steps)
-    lr = cfg.optim.lr * (t.batch_size / cfg.optim.lr_reference_batch if cfg.optim.lr_reference_batch else 1.0)
-    return Derived(world_size, per_rank, per_rank // t.grad_accum, steps, total, lr)
-
-
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

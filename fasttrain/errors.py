@@ -40,6 +40,7 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int:
     """Run a CLI entry point, turning UserError into one line on stderr and exit status 2.
 
+    Under torchrun every rank meets the same error: only rank 0 (RANK) prints it, every rank exits 2.
     `debug` (or FASTTRAIN_DEBUG=1) re-raises so the full traceback is shown.
     """
     if debug is None:
@@ -49,7 +50,8 @@ def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int
     except UserError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr, flush=True)
         return USER_ERROR_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain.engine.trainer import evaluate
+from fasttrain.engine.evaluate import evaluate
 from kernels_bench.measure.trainer_run import data_overrides, train_for_steps
 
 FAMILIES = {"vgg": "vgg19", "resnet": "resnet18", "resnext": "resnext50_32x4d", "t2t": "t2t_vit_t_14"}

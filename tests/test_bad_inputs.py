@@ -23,6 +23,7 @@ import torch
 
 from fasttrain.data.cache import file_sha256, open_cache
 from fasttrain.engine import checkpoint as ckpt_io
+from fasttrain.engine.run_dir import RunDir
 from tiny_runs import ROOT, run_cli, run_in_process, snapshot, subprocess_env, tiny_args
 
 
@@ -37,7 +38,7 @@ class Setup:
     out: Path = field(default=None)
 
     def checkpoint(self) -> Path:
-        return ckpt_io.list_checkpoints(self.unfinished / "checkpoints")[-1]
+        return ckpt_io.list_checkpoints(RunDir(self.unfinished).checkpoints)[-1]
 
     def toml(self, text: str | bytes, name: str = "bad.toml") -> str:
         path = self.scratch / name
@@ -66,7 +67,7 @@ def setup(tmp_path_factory) -> Setup:
     finished, unfinished = base / "finished", base / "unfinished"
     run_in_process(tiny_args(data, finished, "train.epochs=1", "train.max_steps=2"), check=True)
     run_in_process(tiny_args(data, unfinished, "train.epochs=1", "train.max_steps=2"), check=True)
-    (unfinished / "results.json").unlink()  # stopped: checkpoints, no results
+    RunDir(unfinished).results.unlink()  # stopped: checkpoints, no results
     return Setup(data=data, finished=finished, unfinished=unfinished, scratch=base)
 
 
@@ -308,10 +309,10 @@ def test_non_finite_loss_stops_before_saving_the_diverged_model(setup, tmp_path)
     line = one_error_line(result.stderr)
     assert "loss became non-finite" in line and "last good checkpoint:" in line and "--resume auto" in line
     bad_step = int(line.split("by step ")[1].split(" ")[0])
-    saved = [int(p.stem.split("_s")[1]) for p in ckpt_io.list_checkpoints(out / "checkpoints")]
+    saved = [int(p.stem.split("_s")[1]) for p in ckpt_io.list_checkpoints(RunDir(out).checkpoints)]
     assert saved == list(range(1, bad_step)), (saved, bad_step)  # nothing saved from the diverged step on
-    assert str(ckpt_io.list_checkpoints(out / "checkpoints")[-1]) in line
-    assert not (out / "results.json").exists()
+    assert str(ckpt_io.list_checkpoints(RunDir(out).checkpoints)[-1]) in line
+    assert not RunDir(out).results.exists()
 
 
 @pytest.mark.slow
@@ -326,4 +327,4 @@ def test_batch_not_divisible_by_world_size_under_torchrun(setup, tmp_path):
     assert errors and all("batch_size 15 is not divisible by the world size 2; use a multiple of 2" in e for e in errors)
     assert "exitcode  : 2" in proc.stderr  # a worker exited with the user-error status
     assert "fasttrain/" not in proc.stderr, proc.stderr[-3000:]  # no worker traceback (torchrun prints its own)
-    assert not (out / "checkpoints").exists() and not (out / "results.json").exists()
+    assert not RunDir(out).checkpoints.exists() and not RunDir(out).results.exists()

@@ -18,6 +18,7 @@ import pytest
 import fasttrain.atomic
 from fasttrain.data.cache import CacheError, open_cache
 from fasttrain.engine import checkpoint as ckpt_io
+from fasttrain.engine.run_dir import RunDir
 from tiny_runs import (ROOT, STEPS_PER_EPOCH, FailingWrites, epoch_records, final_weights, logged_steps,
                        run_cli, run_in_process, same_weights, snapshot, step_records, subprocess_env, tiny_args,
                        wait_for)
@@ -47,7 +48,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert [r["step"] for r in step_records(run)] == list(range(1, TOTAL_STEPS + 1))
     assert epoch_records(run) == epoch_records(reference)
     assert same_weights(final_weights(run), final_weights(reference))
-    got, want = (json.loads((d / "results.json").read_text()) for d in (run, reference))
+    got, want = (json.loads(RunDir(d).results.read_text()) for d in (run, reference))
     assert (got["steps"], got["test_top1"], got["test_top5"]) == (want["steps"], want["test_top1"], want["test_top5"])
 
 
@@ -75,15 +76,15 @@ def test_kill_9_mid_run_then_resume_auto_equals_uninterrupted_run(data_root, ref
         proc = subprocess.Popen([sys.executable, "-m", "fasttrain", *args], cwd=ROOT, env=subprocess_env(),
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: ckpt_io.list_checkpoints(run / "checkpoints") and logged_steps(run) >= kill_after,
+            wait_for(lambda: ckpt_io.list_checkpoints(RunDir(run).checkpoints) and logged_steps(run) >= kill_after,
                      timeout=300, proc=proc)
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (run / "results.json").exists(), "the run finished before it could be killed"
-    newest = ckpt_io.list_checkpoints(run / "checkpoints")[-1]
+    assert not RunDir(run).results.exists(), "the run finished before it could be killed"
+    newest = ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1]
 
     resumed = run_in_process(args + ["--resume", "auto"], check=True)
     assert f"resume: {newest}" in resumed.stdout
@@ -102,7 +103,7 @@ def test_kill_during_checkpoint_write_keeps_previous_and_resume_auto_picks_it(da
                           text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
-    ckpts = run / "checkpoints"
+    ckpts = RunDir(run).checkpoints
     partial = leftover_temp_files(run)
     assert len(partial) == 1 and partial[0].name.startswith(".ckpt_e0000_s00000006.pt."), partial
     assert [p.name for p in ckpt_io.list_checkpoints(ckpts)] == ["ckpt_e0000_s00000003.pt"]  # the torn file is no checkpoint
@@ -129,8 +130,8 @@ def test_disk_full_is_one_line_exit_2_and_resume_auto_finishes(data_root, refere
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], failed.stderr
     assert "No space left on device" in lines[0] and "--resume auto" in lines[0]
-    assert not leftover_temp_files(run) and not (run / "results.json").exists()
-    ckpts = ckpt_io.list_checkpoints(run / "checkpoints")
+    assert not leftover_temp_files(run) and not RunDir(run).results.exists()
+    ckpts = ckpt_io.list_checkpoints(RunDir(run).checkpoints)
     assert ckpts, "no checkpoint survived"
     before = snapshot(*ckpts)
     state = ckpt_io.load_checkpoint(ckpts[-1])  # the previous checkpoint is intact and loads
@@ -152,7 +153,7 @@ def test_start_after_an_attempt_killed_before_its_first_checkpoint_logs_each_ste
     monkeypatch.setattr(fasttrain.atomic, "os", FailingWrites(".ckpt_", fail=interrupted))
     assert run_in_process(args).returncode == 130
     monkeypatch.undo()
-    assert logged_steps(run) == 3 and not ckpt_io.list_checkpoints(run / "checkpoints")
+    assert logged_steps(run) == 3 and not ckpt_io.list_checkpoints(RunDir(run).checkpoints)
 
     run_in_process(args, check=True)  # the same command (torchrun's restart does the same)
     assert_same_run(run, reference)
@@ -238,7 +239,7 @@ def test_training_after_a_killed_prepare_rebuilds_the_cache_and_trains(data_root
     trained = run_in_process(tiny_args(root, out, "train.epochs=1", "train.max_steps=2",
                                        "data.source=tiny-imagenet"), check=True)
     assert "built cache" in trained.stdout
-    assert json.loads((out / "results.json").read_text())["steps"] == 2
+    assert json.loads(RunDir(out).results.read_text())["steps"] == 2
     open_cache(root / "process", verify=True)
 
 
@@ -286,11 +287,11 @@ def test_elastic_restart_after_a_worker_is_killed_resumes_from_the_newest_checkp
                                  "--max-restarts=1", "-m", "fasttrain", *args], cwd=ROOT,
                                 env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
         try:
-            first = wait_for(lambda: ckpt_io.list_checkpoints(run / "checkpoints"), timeout=400, proc=proc)[0]
+            first = wait_for(lambda: ckpt_io.list_checkpoints(RunDir(run).checkpoints), timeout=400, proc=proc)[0]
             step = int(first.stem.split("_s")[1])
             wait_for(lambda: logged_steps(run) >= step + 1, timeout=120, proc=proc)
             workers = wait_for(lambda: worker_pids(proc.pid), timeout=10)
-            newest = ckpt_io.list_checkpoints(run / "checkpoints")[-1]
+            newest = ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1]
             os.kill(workers[1], signal.SIGKILL)
             proc.wait(timeout=500)
         finally:
@@ -305,7 +306,7 @@ def test_elastic_restart_after_a_worker_is_killed_resumes_from_the_newest_checkp
     assert resumes, output[-4000:]
     resumed_from = Path(resumes[-1].split("resume: ", 1)[1].split(" (epoch")[0])
     assert resumed_from.name >= newest.name, (resumed_from, newest)  # the newest complete one at restart
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads(RunDir(run).results.read_text())
     assert results["steps"] == TOTAL_STEPS and results["world_size"] == 2
     assert [r["step"] for r in step_records(run)] == list(range(1, TOTAL_STEPS + 1))  # each step logged once
     assert not leftover_temp_files(run)
@@ -369,8 +370,8 @@ def stopped_run(data_root, tmp_path_factory):
     """The reference run stopped after step 9: checkpoints at steps 3, 6, 8 (epoch end) and 9, no results.json."""
     out = tmp_path_factory.mktemp("stopped") / "run"
     run_in_process(tiny_args(data_root, out, *RUN, "train.max_steps=9"), check=True)
-    (out / "results.json").unlink()
-    assert [p.name for p in ckpt_io.list_checkpoints(out / "checkpoints")][-1] == "ckpt_e0001_s00000009.pt"
+    RunDir(out).results.unlink()
+    assert [p.name for p in ckpt_io.list_checkpoints(RunDir(out).checkpoints)][-1] == "ckpt_e0001_s00000009.pt"
     return out
 
 
@@ -387,7 +388,7 @@ def test_damaged_checkpoint_is_refused_and_resume_auto_uses_the_previous_one(sto
                                                                              tmp_path, how, fragment):
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
-    newest = run / "checkpoints" / "ckpt_e0001_s00000009.pt"
+    newest = RunDir(run).checkpoints / "ckpt_e0001_s00000009.pt"
     damage_checkpoint(newest, how)
 
     for args in (["eval", "--ckpt", str(newest)], tiny_args(data_root, tmp_path / "other", *RUN) + ["--resume", str(newest)]):
@@ -398,12 +399,12 @@ def test_damaged_checkpoint_is_refused_and_resume_auto_uses_the_previous_one(sto
 
     resumed = run_in_process(tiny_args(data_root, run, *RUN) + ["--resume", "auto"], check=True)
     assert f"warning: skipping {newest.name}" in resumed.stdout and fragment in resumed.stdout
-    assert f"resume: {run / 'checkpoints' / 'ckpt_e0001_s00000008.pt'}" in resumed.stdout
+    assert f"resume: {RunDir(run).checkpoints / 'ckpt_e0001_s00000008.pt'}" in resumed.stdout
     assert_same_run(run, reference)
 
 
 def test_random_byte_flips_anywhere_in_a_checkpoint_never_load_as_different_numbers(stopped_run, tmp_path):
-    source = stopped_run / "checkpoints" / "ckpt_e0001_s00000009.pt"
+    source = RunDir(stopped_run).checkpoints / "ckpt_e0001_s00000009.pt"
     intact = ckpt_io.load_checkpoint(source)
     rng = random.Random(8)
     damaged = tmp_path / "ckpt_e0001_s00000009.pt"

@@ -14,6 +14,7 @@ from fasttrain.report.__main__ import main as report_main
 from fasttrain.report.render import render_runs, render_suite
 from fasttrain.report.study_reference import differences_from_study, study_result
 from fasttrain.study.__main__ import main as study_main
+from fasttrain.engine.run_dir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +24,7 @@ def make_run(run_dir: Path, overrides: list[str], *, epochs: int, done: int, fin
     """A run directory as the trainer leaves it: config.toml, metrics.jsonl, checkpoints/, results.json if finished."""
     cfg = load_config(None, overrides + [f"train.epochs={epochs}"])
     run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(f"# resolved config of {run_dir.name}\n" + to_toml(cfg))
+    RunDir(run_dir).config.write_text(f"# resolved config of {run_dir.name}\n" + to_toml(cfg))
     lines, best = [], (-1.0, -1)
     for epoch in range(1, done + 1):
         val = 0.1 + 0.8 * epoch / epochs
@@ -33,17 +34,17 @@ def make_run(run_dir: Path, overrides: list[str], *, epochs: int, done: int, fin
         lines.append({"kind": "epoch", "step": epoch * 10, "epoch": epoch, "train_loss": 2.3 / epoch,
                       "train_top1": val - 0.05, "lr": 0.1, "wall_time_s": seconds_per_epoch * epoch,
                       "val_loss": 1.0 / epoch, "val_top1": val, "val_top5": min(1.0, val + 0.1)})
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    RunDir(run_dir).metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
     if checkpoints:
-        (run_dir / "checkpoints").mkdir()
-        (run_dir / "checkpoints" / f"ckpt_e{done:04d}_s{done * 10:08d}.pt").write_bytes(b"stand-in")
+        RunDir(run_dir).checkpoints.mkdir()
+        (RunDir(run_dir).checkpoints / f"ckpt_e{done:04d}_s{done * 10:08d}.pt").write_bytes(b"stand-in")
     if finished:
         results = {"status": "finished", "config_name": run_dir.name, "model": cfg.model.name, "params": params,
                    "num_classes": 200, "epochs": epochs, "epochs_done": done, "steps": done * 10, "world_size": 1,
                    "device": "cpu", "backend": "torch", "best_val_top1": best[0], "best_val_epoch": best[1],
                    "wall_time_s": seconds_per_epoch * done, "images_per_s": 1234.0, "val_top1": best[0],
                    "val_top5": 0.95, "test_top1": 0.6123, "test_top5": 0.8456, "best_test_top1": 0.6, "best_test_top5": 0.84}
-        (run_dir / "results.json").write_text(json.dumps(results))
+        RunDir(run_dir).results.write_text(json.dumps(results))
     return run_dir
 
 

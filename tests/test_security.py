@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fasttrain.engine import checkpoint as ckpt_io
+from fasttrain.engine.run_dir import RunDir
 from tiny_runs import ROOT, run_cli, run_in_process, snapshot, tiny_args
 
 
@@ -32,7 +33,7 @@ def stopped_run(tmp_path_factory):
     out = base / "run"
     run_in_process(tiny_args(base / "synthetic", out, "train.epochs=1", "train.max_steps=4", "ckpt.every_steps=2"),
                    check=True)
-    (out / "results.json").unlink()
+    RunDir(out).results.unlink()
     return base, out
 
 
@@ -47,9 +48,9 @@ def test_a_checkpoint_carrying_a_pickled_object_is_refused_everywhere(stopped_ru
     base, stopped = stopped_run
     run = tmp_path / "run"
     shutil.copytree(stopped, run)
-    ckpts = ckpt_io.list_checkpoints(run / "checkpoints")
+    ckpts = ckpt_io.list_checkpoints(RunDir(run).checkpoints)
     marker = tmp_path / "pwned"
-    evil = run / "checkpoints" / "ckpt_e0000_s00000006.pt"  # newer than every genuine one
+    evil = RunDir(run).checkpoints / "ckpt_e0000_s00000006.pt"  # newer than every genuine one
     plant_malicious_checkpoint(evil, ckpts[-1], marker)
     with pytest.raises(Exception):  # the file really is malicious: torch refuses it under weights_only
         torch.load(evil, weights_only=True)

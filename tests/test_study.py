@@ -10,6 +10,7 @@ import pytest
 
 from fasttrain.__main__ import _dotted_overrides, train_parser
 from fasttrain.config import load_config, to_toml
+from fasttrain.engine.run_dir import RunDir
 from fasttrain.errors import run_cli
 from fasttrain.study.__main__ import main as study_main
 from fasttrain.study.plan import plan_suite
@@ -180,12 +181,12 @@ def test_run_dir_of_another_config_is_refused(tmp_path, capsys):
     stale = tmp_path / "out" / "r"
     stale.mkdir(parents=True)
     other = load_config(tmp_path / "base.toml", ["train.epochs=9"])
-    (stale / "config.toml").write_text("# resolved config of base\n" + to_toml(other))
+    RunDir(stale).config.write_text("# resolved config of base\n" + to_toml(other))
     assert study([str(suite), "--dry-run", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "holds a run of another config" in err and "train.epochs 9 → 2" in err
     # the same config (a resumable or finished run of this suite) is fine
-    (stale / "config.toml").write_text(to_toml(load_config(tmp_path / "base.toml")))
+    RunDir(stale).config.write_text(to_toml(load_config(tmp_path / "base.toml")))
     assert study([str(suite), "--dry-run", "--out", str(tmp_path / "out")]) == 0
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from fasttrain.errors import run_cli
 from fasttrain.study.__main__ import main as study_main
+from fasttrain.engine.run_dir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "configs" / "studies" / "seed.toml"
@@ -41,7 +42,7 @@ def test_quick_seed_suite_two_runs_then_skip(tmp_path, monkeypatch, capsys):
     assert study([str(SEED), "--quick", "--only", "vgg19_bn", "vgg19"]) == 0
     out = tmp_path / "runs" / "seed-quick"
     for name in ("vgg19_bn", "vgg19"):
-        results = json.loads((out / name / "results.json").read_text())
+        results = json.loads(RunDir(out / name).results.read_text())
         assert results["status"] == "finished" and results["epochs_done"] == 2 and 0.0 <= results["test_top1"] <= 1.0
     attempts = json.loads((out / "suite.json").read_text())["attempts"]
     assert {n: a["status"] for n, a in attempts.items()} == {"vgg19_bn": "finished", "vgg19": "finished"}
@@ -104,9 +105,9 @@ def test_quick_seed_suite_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
         assert_valid_png(png)
 
     # an interrupted run (checkpoints, no results.json) is resumed, not restarted
-    (out / "resnet18" / "results.json").unlink()
+    RunDir(out / "resnet18").results.unlink()
     capsys.readouterr()
     assert study([str(SEED), "--quick", "--no-report"]) == 0
     printed = capsys.readouterr().out
     assert "resume:" in printed and printed.count("finished already") == 7
-    assert json.loads((out / "resnet18" / "results.json").read_text())["status"] == "finished"
+    assert json.loads(RunDir(out / "resnet18").results.read_text())["status"] == "finished"

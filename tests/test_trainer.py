@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fasttrain.engine.run_dir import RunDir
 from tiny_runs import ROOT, run_cli, step_records, subprocess_env, tiny_args
 
 
@@ -26,20 +27,20 @@ def test_short_run_writes_every_output(data_root, tmp_path):
     out = tmp_path / "run"
     proc = run_cli(tiny_args(data_root, out, "train.epochs=2", "log.tensorboard=true", "train.ema=true",
                              "train.ema_decay=0.9"))
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads(RunDir(out).results.read_text())
     assert results["status"] == "finished" and results["steps"] == 2 * (128 // 16)
     for key in ("test_top1", "test_top5", "best_val_top1", "best_test_top1", "ema_test_top1", "params", "wall_time_s"):
         assert results[key] is not None, key
     assert 0.0 <= results["test_top1"] <= results["test_top5"] <= 1.0
-    records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(l) for l in RunDir(out).metrics.read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and all("val_top1" in r for r in epochs)
     steps = [r for r in records if r["kind"] == "step"]
     assert len(steps) == results["steps"]
     assert {"loss", "lr", "images_per_s", "data_wait_pct", "peak_mem_mb", "grad_norm"} <= set(steps[0])
-    assert list((out / "tb").glob("events.out.tfevents.*")), "TensorBoard event file missing"
-    assert (out / "config.toml").is_file() and "[train]" in (out / "config.toml").read_text()
-    ckpts = sorted((out / "checkpoints").glob("ckpt_*.pt"))
+    assert list(RunDir(out).tensorboard.glob("events.out.tfevents.*")), "TensorBoard event file missing"
+    assert RunDir(out).config.is_file() and "[train]" in RunDir(out).config.read_text()
+    ckpts = sorted(RunDir(out).checkpoints.glob("ckpt_*.pt"))
     assert ckpts, "no checkpoint"
     state = torch.load(ckpts[-1], weights_only=True)
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["model"])
@@ -54,7 +55,7 @@ def test_short_run_writes_every_output(data_root, tmp_path):
     # a finished run directory is never overwritten
     again = run_cli(tiny_args(data_root, out, "train.epochs=2"), check=False)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
-    assert json.loads((out / "results.json").read_text()) == results
+    assert json.loads(RunDir(out).results.read_text()) == results
 
 
 def test_same_seed_same_losses_and_interrupted_run_resumes_exactly(data_root, tmp_path):
@@ -68,11 +69,11 @@ def test_same_seed_same_losses_and_interrupted_run_resumes_exactly(data_root, tm
     part = tmp_path / "part"
     run_cli(tiny_args(data_root, part, "train.epochs=2", "model.dropout=0.2", "train.mixup=0.2", "train.max_steps=5",
                       "ckpt.every_steps=5"))
-    (part / "results.json").unlink()  # a max_steps stop is a finished run; make it a stopped one
+    RunDir(part).results.unlink()  # a max_steps stop is a finished run; make it a stopped one
     run_cli(tiny_args(data_root, part, "train.epochs=2", "model.dropout=0.2", "train.mixup=0.2") + ["--resume", "auto"])
     assert step_losses(part) == step_losses(full)
-    final_full = torch.load(sorted((full / "checkpoints").glob("*.pt"))[-1], weights_only=True)["model"]
-    final_part = torch.load(sorted((part / "checkpoints").glob("*.pt"))[-1], weights_only=True)["model"]
+    final_full = torch.load(sorted(RunDir(full).checkpoints.glob("*.pt"))[-1], weights_only=True)["model"]
+    final_part = torch.load(sorted(RunDir(part).checkpoints.glob("*.pt"))[-1], weights_only=True)["model"]
     assert all(torch.equal(final_full[k], final_part[k]) for k in final_full)
 
 
@@ -88,8 +89,8 @@ def test_two_process_ddp_matches_one_process(data_root, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "fasttrain", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a = torch.load(sorted((single / "checkpoints").glob("*.pt"))[-1], weights_only=True)
-    b = torch.load(sorted((double / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    a = torch.load(sorted(RunDir(single).checkpoints.glob("*.pt"))[-1], weights_only=True)
+    b = torch.load(sorted(RunDir(double).checkpoints.glob("*.pt"))[-1], weights_only=True)
     assert b["meta"]["world_size"] == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
@@ -98,12 +99,25 @@ def test_two_process_ddp_matches_one_process(data_root, tmp_path):
     assert [l for _, l in la] == pytest.approx([l for _, l in lb], rel=1e-4)
 
 
+@pytest.mark.dist
+def test_torchrun_user_error_is_printed_once_and_every_rank_fails(data_root, tmp_path):
+    # the error comes after the process group is up (resume), as errors in a real multi-GPU run do
+    args = tiny_args(data_root, tmp_path / "err", "train.epochs=1") + ["--resume", str(tmp_path / "missing.pt")]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "fasttrain", *args], cwd=ROOT, capture_output=True, text=True, env=subprocess_env(),
+                          timeout=600)
+    assert proc.returncode != 0
+    printed = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert len(printed) == 1 and "checkpoint not found" in printed[0], proc.stderr[-3000:]
+    assert proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-3000:]  # torchrun's failure table: both ranks
+
+
 @pytest.mark.slow
 def test_compiled_quickstart_steps(data_root, tmp_path):
     out = tmp_path / "compiled"
     run_cli(tiny_args(data_root, out, "train.epochs=1", "train.max_steps=3", "compile.mode=default",
                       "train.deterministic=false"))
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads(RunDir(out).results.read_text())
     assert results["steps"] == 3
 
 
@@ -113,7 +127,7 @@ def test_quickstart_three_steps_eager(tmp_path):
     root = tmp_path / "qsdata"
     run_cli(["--cfg", "configs/quickstart.toml", "--out", str(out), "--set", f"data.root=\"{root}\"",
              "--set", "train.max_steps=3", "--set", "log.progress=false"])
-    assert json.loads((out / "results.json").read_text())["steps"] == 3
+    assert json.loads(RunDir(out).results.read_text())["steps"] == 3
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from fasttrain.engine.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.toml"
 
@@ -36,6 +38,18 @@ def tiny_args(data_root: Path, out: Path, *extra: str) -> list[str]:
     for item in TINY + list(extra):
         args += ["--set", item]
     return args
+
+
+def tiny_trainer(data_root: Path, out: Path, *extra: str):
+    """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process, CPU)."""
+    from fasttrain.config import load_config
+    from fasttrain.engine.data_setup import open_dataset
+    from fasttrain.engine.distributed import DistInfo
+    from fasttrain.engine.trainer import Trainer
+
+    cfg = load_config(QUICKSTART, [f'data.root="{data_root}"', "train.device=cpu", *TINY, *extra])
+    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    return Trainer(cfg, cfg_name="tiny", run_dir=out, info=info, cache=open_dataset(cfg.data, info), log=lambda m: None)
 
 
 # One thread per run, in a child or in this process: equal losses bit for bit, and on a busy 2-core machine a
@@ -92,18 +106,18 @@ def run_in_process(args: list[str], *, check: bool = False) -> Outcome:
 def step_records(run_dir: Path) -> list[dict]:
     """The logged per-step numbers that a resumed run must reproduce exactly (timings left out)."""
     keep = ("step", "epoch", "loss", "top1", "lr", "grad_norm")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
     return [{k: r.get(k) for k in keep} for r in records if r["kind"] == "step"]
 
 
 def epoch_records(run_dir: Path) -> list[dict]:
     keep = ("step", "epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines() if line.strip()]
     return [{k: r.get(k) for k in keep} for r in records if r["kind"] == "epoch"]
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    newest = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))[-1]
+    newest = sorted(RunDir(run_dir).checkpoints.glob("ckpt_*.pt"))[-1]
     return torch.load(newest, map_location="cpu", weights_only=True)["model"]
 
 
@@ -137,7 +151,7 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.01, proc: subproc
 
 def logged_steps(run_dir: Path) -> int:
     """The highest step in metrics.jsonl so far (0 when none)."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return 0
     best = 0

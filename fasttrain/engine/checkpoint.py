@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, keep the latest k, find the newest complete one, load with weights_only."""
+"""Checkpoints: atomic save, keep the latest k, find the newest complete one, load with weights_only; best weights; divergence stop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fasttrain.atomic import atomic_write
@@ -21,6 +22,10 @@ _NAME = re.compile(r"^ckpt_e(\d+)_s(\d+)\.pt$")
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, corrupt, not ours, or for another model."""
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged: the loss became NaN or infinite."""
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -135,3 +140,35 @@ def check_fits(state: dict[str, Any], *, model_name: str, num_classes: int, mode
             f"checkpoint {path} does not fit the configured {model_name} (first mismatch: {diff[0]}); "
             f"were the model knobs changed? use the config it was trained with"
         )
+
+
+def check_finite(loss: float, *, step: int, epoch: int, directory: Path) -> None:
+    """Stop before a diverged model can be saved over the last good checkpoint."""
+    if np.isfinite(loss):
+        return
+    last = list_checkpoints(directory)
+    raise NonFiniteLoss(
+        f"loss became non-finite ({loss}) by step {step} (epoch {epoch + 1}); "
+        f"last good checkpoint: {last[-1] if last else 'none'}; lower optim.lr or enable train.grad_clip, "
+        f"then rerun with --resume auto"
+    )
+
+
+def restore_best(state: dict[str, Any], best_path: Path, *, steps_per_epoch: int, write: bool) -> dict[str, torch.Tensor] | None:
+    """The best weights of a resumed run: best_model.pt when it is of the checkpoint's best epoch.
+
+    The trainer writes best_model.pt after the epoch's checkpoint; when a kill came in between, that
+    checkpoint's own weights are the best ones, and (`write`) best_model.pt is written again from them.
+    """
+    best_epoch = state["best_epoch"]
+    if best_epoch < 0:
+        return None
+    if best_path.is_file():
+        saved = load_trusted(best_path)
+        if saved.get("epoch") == best_epoch:
+            return saved["model"]
+    if state["epoch"] == best_epoch and state["step"] == best_epoch * steps_per_epoch:
+        if write:
+            save_trusted({"model": state["model"], "epoch": best_epoch}, best_path)
+        return state["model"]
+    return None

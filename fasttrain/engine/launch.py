@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.data_setup import open_dataset
 from fasttrain.engine.model_setup import build_model, check_model_config
 from fasttrain.engine.distributed import DistInfo, init_distributed, pick_device, shutdown
-from fasttrain.engine.run_dir import plan_resume
+from fasttrain.engine.run_dir import RunDir, plan_resume
 from fasttrain.errors import UserError
 
 
@@ -43,7 +42,7 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
             trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
                               resume_state=plan.state, resume_path=plan.path, log=log)
             if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
-                atomic_write_text(run_dir / "config.toml", f"# resolved config of {cfg_name}\n" + to_toml(cfg))
+                atomic_write_text(RunDir(run_dir).config, f"# resolved config of {cfg_name}\n" + to_toml(cfg))
             results = trainer.fit()
         except torch.OutOfMemoryError:
             raise _oom_error(cfg, info) from None
@@ -57,7 +56,7 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
                            ("ema_test_top1", "EMA test top-1"), ("images_per_s", "images/s")):
             if results.get(key) is not None:
                 summary.append(f"{label} {results[key]:.4f}" if key != "images_per_s" else f"{label} {results[key]:.0f}")
-        log(" | ".join(summary) + f" | {run_dir}/results.json")
+        log(" | ".join(summary) + f" | {RunDir(run_dir).results}")
         return results
     finally:
         shutdown(info)
@@ -66,7 +65,7 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
 def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on."""
     from fasttrain.data.pipelines import build_pipeline, resolve_backend
-    from fasttrain.engine.trainer import evaluate
+    from fasttrain.engine.evaluate import evaluate
 
     state = ckpt_io.load_checkpoint(path)
     cfg = from_dict(state["config"], str(path))
@@ -82,7 +81,7 @@ def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_si
         model.to(memory_format=torch.channels_last)
     chosen, _ = resolve_backend(backend or cfg.data.backend, info.device)
     images, labels = cache.split(split)
-    pipe = build_pipeline(dataclasses.replace(cfg.data, backend=chosen), images, labels, train=False,
-                          batch_size=batch_size, rank=0, world_size=1, device=info.device, seed=cfg.train.seed)
+    pipe = build_pipeline(cfg.data, images, labels, train=False, batch_size=batch_size, rank=0, world_size=1,
+                          device=info.device, seed=cfg.train.seed, backend=chosen)
     result = evaluate(model, pipe, info, cfg.train.amp)
     return {"model": cfg.model.name, "split": split, "checkpoint": str(path), **result}

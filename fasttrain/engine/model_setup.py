@@ -1,4 +1,4 @@
-"""The configured model: [model] knobs plus what follows from the data (T2T-ViT's input size)."""
+"""The configured model: [model] knobs plus what follows from the data, and the forward the step trains (compile, DDP)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ def check_model_config(cfg: Config, num_classes: int = 2) -> None:
             f"model {cfg.model.name} ({knobs}) fails on {size}×{size} images: {type(err).__name__}: {first}; "
             f"change its [model] knobs"
         ) from None
+
+
+def training_forward(model: torch.nn.Module, cfg: Config, info) -> torch.nn.Module:
+    """The module the training step calls, in the fixed order channels_last → torch.compile → DDP.
+
+    `model` (already on the device) stays the plain module that checkpoints and evaluation use; this is the
+    one place compile is set up (cfg.compile).
+    """
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = model
+    if cfg.compile.mode != "off":
+        forward = torch.compile(model, mode=None if cfg.compile.mode == "default" else cfg.compile.mode)
+    if info.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    return forward

@@ -1,8 +1,10 @@
-"""Mixed precision: what `train.amp` means on the device at hand, and the autocast for it."""
+"""Numerics of a run: what `train.amp` means on the device at hand, its autocast, and the TF32/cuDNN/determinism switches."""
 
 from __future__ import annotations
 
 import torch
+
+from fasttrain.config import TrainConfig
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,3 +26,14 @@ def resolve_amp(requested: str, device: torch.device) -> str:
 def autocast(amp: str, device: torch.device):
     """The autocast context of a resolved amp setting ("bf16", "fp16" or "off")."""
     return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off")
+
+
+def configure_backends(train: TrainConfig, device: torch.device) -> None:
+    """TF32, cuDNN autotuning and deterministic algorithms as [train] asks; benchmarks call it too, so both
+    sides of a comparison run under the same settings."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train.tf32
+        torch.backends.cudnn.allow_tf32 = train.tf32
+        torch.backends.cudnn.benchmark = not train.deterministic
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")

@@ -1,4 +1,4 @@
-"""The run directory: refuse to clobber a run, pick the checkpoint to resume from, record the config."""
+"""The run directory: the names of what a run writes (one place), refusing to clobber a run, picking the checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -7,8 +7,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where each output of a run lives; the only place these names are spelled."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def results(self) -> Path:
+        """results.json: written last; its presence means the run finished."""
+        return self.path / "results.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def config(self) -> Path:
+        """The resolved config (TOML) the run was started with."""
+        return self.path / "config.toml"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON line per logged step and per epoch."""
+        return self.path / "metrics.jsonl"
+
+    @property
+    def best_model(self) -> Path:
+        """The plain model's weights at its best val top-1."""
+        return self.path / "best_model.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
 
 
 @dataclass(frozen=True)
@@ -24,14 +61,16 @@ def plan_resume(run_dir: Path, resume: str | None, log=print) -> ResumePlan:
 
     A worker restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) resumes as with `--resume auto`.
     """
+    from fasttrain.engine import checkpoint as ckpt_io  # torch: not needed by readers of RunDir
+
     if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         resume = "auto"
-    results = run_dir / "results.json"
-    ckpts = ckpt_io.list_checkpoints(run_dir / "checkpoints")
+    names = RunDir(run_dir)
+    ckpts = ckpt_io.list_checkpoints(names.checkpoints)
     if resume is None:
-        if results.exists():
+        if names.results.exists():
             raise UserError(
-                f"run directory {run_dir} already holds a finished run (results.json); "
+                f"run directory {run_dir} already holds a finished run ({names.results.name}); "
                 f"pass a new --out, or --resume auto to leave it as it is"
             )
         if ckpts:
@@ -41,12 +80,12 @@ def plan_resume(run_dir: Path, resume: str | None, log=print) -> ResumePlan:
             )
         return ResumePlan()
     if resume == "auto":
-        if results.exists():
+        if names.results.exists():
             return ResumePlan(finished=True)
-        found = ckpt_io.newest_loadable(run_dir / "checkpoints", log=log)
+        found = ckpt_io.newest_loadable(names.checkpoints, log=log)
         if found is None:
             if ckpts:
-                log(f"warning: no loadable checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
+                log(f"warning: no loadable checkpoint in {names.checkpoints}; starting from scratch")
             return ResumePlan()
         return ResumePlan(path=found[0], state=found[1])
     path = Path(resume)

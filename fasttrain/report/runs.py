@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import ConfigError, from_dict, read_toml, to_dict
-from fasttrain.engine.metrics import read_metrics
+from fasttrain.engine.metrics_log import read_metrics
+from fasttrain.engine.run_dir import RunDir
 
 FINISHED, FAILED, INCOMPLETE, RUNNING, NOT_RUN, UNREADABLE = (
     "finished", "failed", "incomplete", "running", "not run", "unreadable")
@@ -63,7 +64,7 @@ def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _read_config(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "config.toml"
+    path = RunDir(run_dir).config
     if not path.is_file():
         return None
     try:
@@ -73,7 +74,7 @@ def _read_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _read_results(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    path = run_dir / "results.json"
+    path = RunDir(run_dir).results
     if not path.is_file():
         return None, ""
     try:
@@ -111,7 +112,7 @@ def load_run(run_dir: Path, *, name: str | None = None, attempt: dict[str, Any] 
             record.detail += f" (reached {progress})"
     elif attempt.get("status") == "running":
         record.status, record.detail = RUNNING, f"{progress} (or the runner was killed)"
-    elif record.epochs or (run_dir / "checkpoints").is_dir() or (run_dir / "config.toml").is_file():
+    elif record.epochs or RunDir(run_dir).checkpoints.is_dir() or RunDir(run_dir).config.is_file():
         record.status = INCOMPLETE
         record.detail = progress + (" (interrupted)" if attempt.get("status") == "interrupted" else "")
     return record

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fasttrain.engine.run_dir import RunDir
 from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 RUNS_FAILED_EXIT = 1
@@ -40,7 +41,7 @@ def _dry_run(planned, selected, out_dir: Path, nproc: int) -> None:
         if run.name not in selected:
             continue
         state = "finished (the command prints 'nothing to do')" if is_finished(run.run_dir) else \
-            "incomplete (the command resumes it)" if (run.run_dir / "checkpoints").is_dir() else "not started"
+            "incomplete (the command resumes it)" if RunDir(run.run_dir).checkpoints.is_dir() else "not started"
         print(f"# {run.name}: {state}")
         print(shell_line(train_command(run, nproc=nproc)))
     print(f"# then: python -m fasttrain.report --suite {out_dir}", flush=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import Config, ConfigError, from_dict, load_config, read_toml, to_dict
+from fasttrain.engine.batch_plan import split_batch
+from fasttrain.engine.run_dir import RunDir
 from fasttrain.errors import UserError, did_you_mean
 from fasttrain.study.suite import RunSpec, Suite, SuiteError
 
@@ -78,7 +80,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def check_run_dir(run: PlannedRun, where: str) -> None:
     """A run directory that holds another config's run is never resumed or reported as this one."""
-    saved = run.run_dir / "config.toml"
+    saved = RunDir(run.run_dir).config
     if not saved.is_file():
         return
     try:
@@ -127,11 +129,13 @@ def check_world_size(suite: Suite, planned: list[PlannedRun], nproc: int) -> Non
     """Each rank takes batch_size / nproc: a batch that does not split would fail only once the job runs."""
     for run in planned:
         t = run.cfg.train
-        if t.batch_size % nproc or (t.batch_size // nproc) % t.grad_accum:
+        try:
+            split_batch(t.batch_size, nproc, t.grad_accum)
+        except ConfigError:
             raise SuiteError(
                 f"{suite.path}: run '{run.name}': [train] batch_size {t.batch_size} (grad_accum {t.grad_accum}) does not "
                 f"split over --nproc {nproc} processes; pick an --nproc that divides it or override train.batch_size"
-            )
+            ) from None
 
 
 def train_command(run: PlannedRun, *, nproc: int = 1, python: str = "python", torchrun: list[str] | None = None) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fasttrain.engine.run_dir import RunDir
 from fasttrain.study.manifest import log_path, write_manifest
 from fasttrain.study.plan import PlannedRun, child_environment, local_command, shell_line
 
@@ -29,7 +30,7 @@ class RunOutcome:
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "results.json").is_file()
+    return RunDir(run_dir).results.is_file()
 
 
 def last_error_line(log_text: str) -> str:

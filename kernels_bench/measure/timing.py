@@ -72,7 +72,7 @@ def reset_peak_memory(device: torch.device) -> None:
 def peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated since the last reset. CPU: the process's peak RSS so far (it never goes down,
     so on CPU a case's figure also covers every case before it)."""
-    from fasttrain.engine.trainer import peak_memory_mb as trainer_peak
+    from fasttrain.engine.metrics import peak_memory_mb as trainer_peak
 
     return round(trainer_peak(device), 1)
 

@@ -23,13 +23,17 @@ def build_pipeline(
     world_size: int = 1,
     device: torch.device,
     seed: int = 0,
+    backend: str | None = None,
 ) -> BatchPipeline:
     """An iterable of (images, labels) on `device` for this rank; `batch_size` is per rank.
 
     Images: float (data.output_dtype), NCHW channels_last, normalized; labels int64. The returned
     object has len() (batches per epoch), num_samples, backend, set_epoch, state_dict, load_state_dict.
+    `backend` is a name resolve_backend already returned (the Trainer resolves once per run); None resolves
+    data_cfg.backend here.
     """
-    backend, _ = resolve_backend(data_cfg.backend, device)
+    if backend is None:
+        backend, _ = resolve_backend(data_cfg.backend, device)
     kwargs = dict(train=train, batch_size=batch_size, rank=rank, world_size=world_size, device=torch.device(device), seed=seed)
     if backend == "torch":
         from fasttrain.data.pipelines.torch_pipeline import TorchPipeline

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fasttrain.engine.batch_plan import whole_batches
+
 # Separate seed domains so the permutation, the fast backends' batch parameters and the reference
 # backend's per-sample seeds never share a random stream.
 _PERMUTATION_DOMAIN = 0x5045524D
@@ -52,7 +54,7 @@ class EpochPlan:
         self.world_size = world_size
         self.seed = seed
         if train:
-            self.num_batches = num_items // (world_size * batch_size)
+            self.num_batches = whole_batches(num_items, world_size * batch_size)
             self.num_samples = self.num_batches * batch_size
         else:
             self.num_samples = len(range(rank, num_items, world_size))
