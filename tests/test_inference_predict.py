@@ -235,3 +235,17 @@ def test_an_imagefolder_card_names_classes_by_their_folders(tmp_path):
     assert card["class_ids"] == card["class_names"] == ["dogs", "tabby cat"]
     assert card["image_size"] == 16 and card["knobs"] == {"width": 0.125}
     assert len(card["check_images"]) == cache.count("val") and card["check_images"].shape[1:] == (16, 16, 3)
+
+
+def test_best_model_rewritten_on_resume_keeps_the_card(trained, tmp_path):
+    """A kill between the epoch checkpoint and best_model.pt: resume writes best_model.pt from the checkpoint."""
+    base, run, ckpt = trained
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["best_epoch"] = state["epoch"]
+    best = tmp_path / "best_model.pt"
+    ckpt_io.restore_best(state, best, steps_per_epoch=state["step"] // state["epoch"], write=True)
+    image = tmp_path / "one.png"
+    write_rgb(image, cache_of(base).split("test")[0][0])
+    from_best = run_in_process(["predict", "--ckpt", str(best), str(image)], check=True)
+    from_ckpt = run_in_process(["predict", "--ckpt", str(ckpt), str(image)], check=True)
+    assert from_best.stdout.splitlines()[-1] == from_ckpt.stdout.splitlines()[-1]
