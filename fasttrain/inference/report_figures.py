@@ -30,7 +30,9 @@ def _pyplot():
     return plt
 
 
-def _short(name: str, width: int = 30) -> str:
+def _short(name: str, width: int = 24) -> str:
+    """The first of a name's synonyms (words.txt lists several, comma-separated), cut to `width` characters."""
+    name = name.split(",")[0].strip() or name
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
