@@ -10,42 +10,35 @@ from typing import Any
 from fasttrain.errors import UserError
 
 
+class _Entry:
+    """A file or folder of a run directory: `RunDir(path).<entry>` is its path."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, run_dir: RunDir | None, owner=None):
+        return self if run_dir is None else run_dir.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Where each output of a run lives; the only place these names are spelled."""
 
     path: Path
 
+    results = _Entry("results.json")
+    """Written last: its presence means the run finished."""
+    checkpoints = _Entry("checkpoints")
+    config = _Entry("config.toml")
+    """The resolved config (TOML) the run was started with."""
+    metrics = _Entry("metrics.jsonl")
+    """One JSON line per logged step and per epoch."""
+    best_model = _Entry("best_model.pt")
+    """The plain model's weights at its best val top-1."""
+    tensorboard = _Entry("tb")
+
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))
-
-    @property
-    def results(self) -> Path:
-        """results.json: written last; its presence means the run finished."""
-        return self.path / "results.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def config(self) -> Path:
-        """The resolved config (TOML) the run was started with."""
-        return self.path / "config.toml"
-
-    @property
-    def metrics(self) -> Path:
-        """One JSON line per logged step and per epoch."""
-        return self.path / "metrics.jsonl"
-
-    @property
-    def best_model(self) -> Path:
-        """The plain model's weights at its best val top-1."""
-        return self.path / "best_model.pt"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tb"
 
 
 @dataclass(frozen=True)
