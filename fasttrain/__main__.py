@@ -1,4 +1,4 @@
-"""Entry point: `python -m fasttrain --cfg configs/X.toml` trains; `python -m fasttrain eval --ckpt PATH` evaluates."""
+"""Entry point: `python -m fasttrain --cfg configs/X.toml` trains; subcommands eval, predict and export use its checkpoints."""
 
 from __future__ import annotations
 
@@ -66,6 +66,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's [eval] tta)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--report", metavar="DIR", help="also write per-class top-1, confused pairs and PNGs into DIR; "
+                                                   "accepts best_model.pt and exported .safetensors bundles too")
+    p.add_argument("--run-dir", help="with --report, for a checkpoint without a model card: its run directory")
+    p.add_argument("--ema", action="store_true", help="with --report: the EMA weights of a training checkpoint")
     p.add_argument("--debug", action="store_true")
     return p
 
@@ -76,13 +80,25 @@ def eval_main(argv: list[str]) -> int:
     args = eval_parser().parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
-                                 batch_size=args.batch_size, device=args.device, tta=args.tta)
+    if args.report:
+        from fasttrain.inference.eval_report import report_main
+
+        result = report_main(args)
+        detail = f"| report in {args.report} ({', '.join(result['files'].values())})"
+    elif args.run_dir or args.ema:
+        raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
+    elif Path(args.ckpt).name == "best_model.pt" or Path(args.ckpt).suffix == ".safetensors":
+        raise UserError(f"{args.ckpt}: plain eval reads a training checkpoint (checkpoints/ckpt_*.pt); for best_model.pt "
+                        f"or an exported bundle add --report DIR")
+    else:
+        result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
+                                     batch_size=args.batch_size, device=args.device, tta=args.tta)
+        detail = f"loss {result['loss']:.4f}  tta {result['tta']}"
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} on {result['split']} ({result['count']} images, tta {result['tta']}): "
-              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  loss {result['loss']:.4f}")
+        print(f"{result['model']} on {result['split']} ({result['count']} images): "
+              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {detail}")
     return 0
 
 
@@ -105,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     show_logged_messages()
     if argv and argv[0] == "eval":
         return eval_main(argv[1:])
+    if argv and argv[0] == "predict":
+        from fasttrain.inference.predict import predict_main
+
+        return predict_main(argv[1:])
+    if argv and argv[0] == "export":
+        from fasttrain.inference.export import export_main
+
+        return export_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
     return train_main(argv)

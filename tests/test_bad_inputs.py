@@ -121,6 +121,16 @@ def hide_dali(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
 
 
+def an_image(s: Setup) -> Path:
+    return next((s.data / "train").rglob("*.JPEG"))
+
+
+def empty_folder(s: Setup) -> Path:
+    (s.scratch / "empty" / "sub").mkdir(parents=True)
+    (s.scratch / "empty" / "readme.txt").write_text("no images here")
+    return s.scratch / "empty"
+
+
 # --- the table ------------------------------------------------------------------------------------------
 
 @dataclass
@@ -231,6 +241,21 @@ ROWS = {
                             "argument --tta: invalid choice: 'flop'", "in"),
     "eval-missing-checkpoint": Row(lambda s: ["eval", "--ckpt", str(s.scratch / "no.pt")], 2,
                                    "checkpoint not found", "in"),
+    "predict-missing-checkpoint": Row(lambda s: ["predict", "--ckpt", str(s.scratch / "no.pt"), str(an_image(s))], 2,
+                                      "checkpoint not found", "in"),
+    "predict-not-a-checkpoint": Row(lambda s: ["predict", "--ckpt", s.toml("just text\n", "model.pt"), str(an_image(s))],
+                                    2, "is not a fasttrain checkpoint", "in"),
+    "predict-empty-folder": Row(lambda s: ["predict", "--ckpt", str(s.checkpoint()), str(empty_folder(s))], 2,
+                                "holds no image files", "in"),
+    "predict-topk-0": Row(lambda s: ["predict", "--ckpt", str(s.checkpoint()), str(an_image(s)), "--topk", "0"], 2,
+                          "--topk must be at least 1", "in"),
+    "export-unknown-format": Row(lambda s: ["export", "--ckpt", str(s.checkpoint()), "--format", "onx",
+                                            "--out", str(s.out)], 2, "unknown export format 'onx'; did you mean 'onnx'?",
+                                 "in"),
+    "export-onnx-without-the-extra": Row(lambda s: ["export", "--ckpt", str(s.checkpoint()), "--format", "onnx",
+                                                    "--out", str(s.out)], 2,
+                                         "needs the optional package onnxscript: pip install 'fasttrain[export]'", "in",
+                                         prepare=lambda monkeypatch: monkeypatch.setitem(sys.modules, "onnxscript", None)),
     "eval-batch-0": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--batch-size", "0"], 2,
                         "--batch-size must be at least 1", "in"),
 }

@@ -169,6 +169,7 @@ def restore_best(state: dict[str, Any], best_path: Path, *, steps_per_epoch: int
             return saved["model"]
     if state["epoch"] == best_epoch and state["step"] == best_epoch * steps_per_epoch:
         if write:
-            save_trusted({"model": state["model"], "epoch": best_epoch}, best_path)
+            card = {"card": state["card"]} if "card" in state else {}  # best_model.pt carries the model card too
+            save_trusted({"model": state["model"], "epoch": best_epoch, **card}, best_path)
         return state["model"]
     return None

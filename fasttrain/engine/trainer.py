@@ -24,6 +24,7 @@ from fasttrain.engine.precision import autocast, configure_backends, resolve_amp
 from fasttrain.engine.rng import capture_rng, restore_rng, seed_everything
 from fasttrain.engine.run_dir import RunDir
 from fasttrain.engine.targets import build_mixup, training_loss
+from fasttrain.inference.model_card import build_card
 from fasttrain.models.counting import count_parameters
 
 
@@ -57,6 +58,7 @@ class Trainer:
 
             self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay)
         self.metrics = TrainMetrics(info, **mfu_inputs(cfg, self.device, cache.num_classes, self.log))
+        self.card = build_card(cfg, cache)  # in every checkpoint file: predict/export need no run dir or cache
         self.epoch, self.step = 0, 0
         self.best_val, self.best_epoch, self.best_state = -1.0, -1, None
         self.results: dict[str, Any] | None = None
@@ -233,7 +235,8 @@ class Trainer:
             self.save_checkpoint()
         # After the checkpoint: a kill in between leaves a checkpoint whose own weights are the best (checkpoint.restore_best).
         if improved and self.info.is_main:
-            ckpt_io.save_trusted({"model": self.best_state, "epoch": self.best_epoch}, self.run_dir.best_model)
+            ckpt_io.save_trusted({"model": self.best_state, "epoch": self.best_epoch, "card": self.card},
+                                 self.run_dir.best_model)
 
     def finish(self) -> dict[str, Any]:
         """Final evaluation of (model, EMA, best) × (val, test) and results.json (rank 0)."""
@@ -265,7 +268,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "step": self.step, "pipeline": self.train_pipe.state_dict(),
             "rng": [r["rng"] for r in per_rank], "metrics": [r["metrics"] for r in per_rank],
-            "best_val": self.best_val, "best_epoch": self.best_epoch, "config": to_dict(self.cfg),
+            "best_val": self.best_val, "best_epoch": self.best_epoch, "config": to_dict(self.cfg), "card": self.card,
             "meta": {"model": self.cfg.model.name, "num_classes": self.cache.num_classes,
                      "world_size": self.info.world_size, "config_name": self.cfg_name},
         }

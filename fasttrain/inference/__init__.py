@@ -1,0 +1,1 @@
+"""After training: the model card inside every checkpoint, `predict`, `export` and the eval report."""
