@@ -233,8 +233,9 @@ ROWS = {
                                             2, "must be 0 (off) or 8 <= size < data.image_size (32)", "in"),
     "progressive-end-past-epochs": Row(lambda s: fresh(s, "data.progressive_start_size=16", "data.progressive_end_epoch=5"),
                                        2, "[data] progressive_end_epoch must be after", "in"),
-    "progressive-on-t2t": Row(lambda s: fresh(s, "model.name=t2t_vit_t_14", "data.progressive_start_size=16",
-                                              "data.progressive_end_epoch=1"), 2, "a T2T-ViT has a fixed token grid", "in"),
+    "progressive-on-t2t": Row(lambda s: cfg(s, s.toml('[model]\nname = "t2t_vit_t_14"\n[train]\nepochs = 2\n'
+                                                     "[data]\nprogressive_start_size = 16\nprogressive_end_epoch = 1\n")),
+                              2, "a T2T-ViT has a fixed token grid", "in"),
     "sched-name-typo": Row(lambda s: fresh(s, "sched.name=liner"), 2, "did you mean 'linear'?", "in"),
     "tta-typo": Row(lambda s: fresh(s, "eval.tta=flp"), 2, "did you mean 'flip'?", "in"),
     "eval-tta-unknown": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--tta", "flop"], 2,
