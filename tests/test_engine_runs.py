@@ -132,3 +132,26 @@ def test_best_model_is_written_after_the_epoch_checkpoint(data_root, tmp_path, m
     assert (got["best_val_epoch"], got["best_test_top1"], got["test_top1"]) == (
         want["best_val_epoch"], want["best_test_top1"], want["test_top1"])
     assert ckpt_io.load_trusted(names.best_model)["epoch"] == want["best_val_epoch"]
+
+
+@pytest.mark.gpu
+def test_cuda_steps_log_mfu_and_sync_only_on_log_steps(trainer_of):
+    from fasttrain.engine.hardware import device_peak_tflops
+
+    trainer = trainer_of("train.device=cuda", "log.every_steps=4", "train.deterministic=false")
+    batches = iter(first_batches(trainer, 4))
+    trainer.forward.train()
+    trainer.metrics.start_epoch(fresh=True)
+    torch.cuda.set_sync_debug_mode("error")  # any host sync on a non-log step raises
+    try:
+        for _ in range(3):
+            trainer.step_and_log(batches, epoch=0)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    trainer.step_and_log(batches, epoch=0)
+    record = [json.loads(line) for line in trainer.run_dir.metrics.read_text().splitlines()][-1]
+    assert 0.0 <= record["data_wait_pct"] <= 100.0
+    peak, _ = device_peak_tflops(trainer.device)
+    assert ("mfu_pct" in record) is (peak is not None)
+    if peak is not None:
+        assert 0.0 < record["mfu_pct"] < 100.0

@@ -41,14 +41,15 @@ def tiny_args(data_root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def tiny_trainer(data_root: Path, out: Path, *extra: str):
-    """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process, CPU)."""
+    """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process; CPU unless
+    `extra` sets train.device)."""
     from fasttrain.config import load_config
     from fasttrain.engine.data_setup import open_dataset
     from fasttrain.engine.distributed import DistInfo
     from fasttrain.engine.trainer import Trainer
 
     cfg = load_config(QUICKSTART, [f'data.root="{data_root}"', "train.device=cpu", *TINY, *extra])
-    info = DistInfo(0, 1, 0, torch.device("cpu"))
+    info = DistInfo(0, 1, 0, torch.device(cfg.train.device))
     return Trainer(cfg, cfg_name="tiny", run_dir=out, info=info, cache=open_dataset(cfg.data, info), log=lambda m: None)
 
 
