@@ -148,3 +148,16 @@ def run(args: argparse.Namespace) -> dict:
                  "warm pass (its first batch excluded, timed as pass_start_s: DALI's graph build, workers' hand-out); "
                  "cold_first_batch_s: the very first batch (process start-up of workers, CUDA/DALI initialisation)"),
     }
+
+
+def to_markdown(report: dict) -> str:
+    result = report["result"]
+    lines = [f"### loader: train-augmented images/s ({report['device']}, {result['image_size']}×{result['image_size']}, "
+             f"batch {result['batch_size']})", "",
+             "| source | images/s | × plain DataLoader | × reference | steady batches | pass start s | cold first batch s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, b in result["backends"].items():
+        lines.append(f"| {name} | {b['images_per_s']:,.0f} | {b[f'ratio_vs_{PLAIN}'] or '-'} | {b['ratio_vs_reference'] or '-'} | "
+                     f"{b['steady_batches']} | {b['pass_start_s']} | {b['cold_first_batch_s']} |")
+    lines += [f"- skipped: {name}: {why}" for name, why in result["skipped"].items()]
+    return "\n".join(lines + ["", f"- {result['note']}"]) + "\n"

@@ -137,23 +137,14 @@ def test_step_compile_variants_report_compile_time():
     assert report["result"]["per_model"]["resnet18"]["fast_vs_study"] == compiled[1]["vs_study"]
 
 
-def crash_on_marked(case):
-    """A crash_guard worker for the test: kills its own process (as a segfaulting kernel would) on marked cases."""
-    import os
-    import signal
-
-    if case.get("crash"):
-        os.kill(os.getpid(), signal.SIGSEGV)
-
-
 def test_crash_guard_names_each_crashing_case_and_goes_on():
     from kernels_bench.measure.crash_guard import first_crashes
 
     cases = [{}, {"crash": True}, {}, {"crash": True}, {}]
-    crashed = first_crashes("tests.test_kernels_bench:crash_on_marked", cases)
+    crashed = first_crashes("tests.crash_workers:crash_on_marked", cases)
     assert sorted(crashed) == [1, 3]
     assert all("SIGSEGV" in reason for reason in crashed.values())
-    assert first_crashes("tests.test_kernels_bench:crash_on_marked", [{}, {}]) == {}
+    assert first_crashes("tests.crash_workers:crash_on_marked", [{}, {}]) == {}
 
 
 def test_step_fast_variant_is_what_the_device_gets_and_forced_bf16_beside_it():
