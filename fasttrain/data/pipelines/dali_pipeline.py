@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator
 
@@ -84,6 +85,11 @@ class DaliPipeline(BatchPipeline):
         # batches 0..start-1 through the graph and drops them, and batch `start` is then bit-identical.
         replay = start if is_policy(self.augment) else 0
         pipe = self._build(epoch, start - replay)
+        if replay:
+            logging.getLogger(__name__).info(
+                f"dali: replaying {replay} batches of epoch {epoch + 1} through the {self.augment} graph so the resumed "
+                "batches draw exactly the operations of an uninterrupted run"
+            )
         for _ in range(replay):
             pipe.run()
         for indices in self.plan.batches(epoch, start):
