@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,7 +110,10 @@ def test_torchrun_user_error_is_printed_once_and_every_rank_fails(data_root, tmp
     assert proc.returncode != 0
     printed = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
     assert len(printed) == 1 and "checkpoint not found" in printed[0], proc.stderr[-3000:]
-    assert proc.stderr.count("exitcode  : 2") == 2, proc.stderr[-3000:]  # torchrun's failure table: both ranks
+    # torchrun's failure table: the first rank to fail exits 2; torchrun then stops the other, which may still
+    # exit 2 itself or be terminated (SIGTERM) first — a race on a loaded machine, not a second error message
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
