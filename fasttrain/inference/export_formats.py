@@ -92,29 +92,11 @@ def load_export(path: Path, float_input: bool) -> Runner:
 
 # --- ONNX: torch.onnx.export(dynamo=True), checked with onnxruntime ---------------------------------------------
 
-def _attention_any_rank(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                        enable_gqa=False):
-    """ONNX for aten.scaled_dot_product_attention of 3-D (single-head) inputs too, as T2T-ViT's token blocks use:
-    onnxscript's own translation takes 4-D inputs only, and is used for those."""
-    import math
-
-    from onnxscript import opset18 as op
-    from onnxscript.function_libs.torch_lib.ops.nn import aten_scaled_dot_product_attention
-
-    if len(query.shape) != 3 or attn_mask is not None or is_causal:
-        return aten_scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = op.Mul(op.MatMul(query, op.Transpose(key, perm=[0, 2, 1])), op.Constant(value_float=scale))
-    return op.MatMul(op.Softmax(scores, axis=-1), value)  # eval: no dropout
-
-
 def write_onnx(net: torch.nn.Module, example: torch.Tensor, card_text: str, path: Path) -> None:
     require_onnx()
     try:
         program = torch.onnx.export(_Inputs(net).eval(), (example,), dynamo=True, input_names=["inputs"],
-                                    output_names=["logits"], dynamic_shapes=_batch_dim(), verbose=False,
-                                    custom_translation_table={
-                                        torch.ops.aten.scaled_dot_product_attention.default: _attention_any_rank})
+                                    output_names=["logits"], dynamic_shapes=_batch_dim(), verbose=False)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"torch.onnx.export failed for this model ({first[:200]})") from None
