@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,16 @@ def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str, tta: st
     loss, top1, top5, count = sums.tolist()
     count = max(count, 1.0)
     return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count, "count": int(count)}
+
+
+def model_variants(model: torch.nn.Module, ema, best_state: dict | None) -> dict[str, torch.nn.Module | None]:
+    """The variants evaluate_variants sweeps: the trained model, its EMA (timm ModelEmaV3 or None) and, when
+    `best_state` is given, a copy of the model holding the best-val weights."""
+    best = None
+    if best_state is not None:
+        best = copy.deepcopy(model)
+        best.load_state_dict(best_state)
+    return {"model": model, "ema": ema.module if ema is not None else None, "best": best}
 
 
 def evaluate_variants(variants: dict[str, torch.nn.Module | None], pipes: dict[str, object], info: DistInfo, amp: str,

@@ -25,6 +25,15 @@ def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
     return create_model(cfg.model.name, num_classes=num_classes, **model_knobs_for(cfg))
 
 
+def build_ema(model: torch.nn.Module, train_cfg):
+    """timm's ModelEmaV3 of the plain module when train.ema is on, else None."""
+    if not train_cfg.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=train_cfg.ema_decay)
+
+
 def check_model_config(cfg: Config, num_classes: int = 2) -> None:
     """Build the configured model on the meta device and pass one batch of the data's image size through it.
 

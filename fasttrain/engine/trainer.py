@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,10 +14,10 @@ from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.batch_plan import plan_batches
 from fasttrain.engine.distributed import DistInfo, all_gather_objects
 from fasttrain.data.pipelines.progressive import schedule_sizes
-from fasttrain.engine.evaluate import evaluate_variants
+from fasttrain.engine.evaluate import evaluate_variants, model_variants
 from fasttrain.engine.metrics import TrainMetrics, mfu_inputs
 from fasttrain.engine.metrics_log import MetricsWriter, progress_bar
-from fasttrain.engine.model_setup import build_model, resolve_compile, training_forward
+from fasttrain.engine.model_setup import build_ema, build_model, resolve_compile, training_forward
 from fasttrain.engine.optim import build_optimizer, build_scheduler
 from fasttrain.engine.precision import autocast, configure_backends, resolve_amp
 from fasttrain.engine.rng import capture_rng, restore_rng, seed_everything
@@ -52,11 +51,7 @@ class Trainer:
                                          total_steps=self.plan.steps_per_epoch * cfg.train.epochs, base_lr=self.plan.lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.mixup = build_mixup(cfg.train, cache.num_classes)
-        self.ema = None
-        if cfg.train.ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay)
+        self.ema = build_ema(self.model, cfg.train)
         self.metrics = TrainMetrics(info, **mfu_inputs(cfg, self.device, cache.num_classes, self.log))
         self.card = build_card(cfg, cache)  # in every checkpoint file: predict/export need no run dir or cache
         self.epoch, self.step = 0, 0
@@ -205,11 +200,8 @@ class Trainer:
 
     # ---- evaluation and results ----
     def _variants(self, *, with_best: bool) -> dict[str, torch.nn.Module | None]:
-        best = None
-        if with_best and self.best_state is not None and "test" in self.eval_pipes:
-            best = copy.deepcopy(self.model)
-            best.load_state_dict(self.best_state)
-        return {"model": self.model, "ema": self.ema.module if self.ema is not None else None, "best": best}
+        best_state = self.best_state if with_best and "test" in self.eval_pipes else None
+        return model_variants(self.model, self.ema, best_state)
 
     def end_epoch(self, epoch: int) -> None:
         """The epoch record (train sums, val of model and EMA), the epoch checkpoint, then best_model.pt."""
