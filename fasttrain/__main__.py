@@ -76,6 +76,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str]) -> int:
     from fasttrain.engine.launch import evaluate_checkpoint
+    from fasttrain.engine.run_dir import RunDir
 
     args = eval_parser().parse_args(argv)
     if args.batch_size < 1:
@@ -87,7 +88,7 @@ def eval_main(argv: list[str]) -> int:
         detail = f"| report in {args.report} ({', '.join(result['files'].values())})"
     elif args.run_dir or args.ema:
         raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
-    elif Path(args.ckpt).name == "best_model.pt" or Path(args.ckpt).suffix == ".safetensors":
+    elif Path(args.ckpt).name == RunDir.best_model.name or Path(args.ckpt).suffix == ".safetensors":
         raise UserError(f"{args.ckpt}: plain eval reads a training checkpoint (checkpoints/ckpt_*.pt); for best_model.pt "
                         f"or an exported bundle add --report DIR")
     else:

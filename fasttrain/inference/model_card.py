@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fasttrain.engine.run_dir import RunDir
 from fasttrain.errors import UserError
 
 CARD_FORMAT = 1
@@ -93,7 +94,7 @@ def check_card(card: Any, where: str) -> dict[str, Any]:
 def guess_run_dir(path: Path) -> Path:
     """The run directory a checkpoint most likely came from: RUN/best_model.pt or RUN/checkpoints/ckpt_*.pt."""
     path = Path(path).absolute()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path.parent.parent if path.parent.name == RunDir.checkpoints.name else path.parent
 
 
 def card_from_state(state: dict[str, Any], path: Path, run_dir: str | os.PathLike | None) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def card_from_run_dir(run_dir: Path) -> dict[str, Any]:
     from fasttrain.data.cache import open_cache
     from fasttrain.engine.data_setup import cache_dir_for
 
-    config = run_dir / "config.toml"
+    config = RunDir(run_dir).config
     if not config.is_file():
         raise CardError(f"--run-dir {run_dir} holds no config.toml; point it at the run directory the "
                         f"checkpoint was written in (runs/NAME)")
