@@ -248,6 +248,8 @@ ROWS = {
                                     2, "is not a fasttrain checkpoint", "in"),
     "predict-empty-folder": Row(lambda s: ["predict", "--ckpt", str(s.checkpoint()), str(empty_folder(s))], 2,
                                 "holds no image files", "in"),
+    "predict-cuda-without-cuda": Row(lambda s: ["predict", "--ckpt", str(s.checkpoint()), str(an_image(s)),
+                                                "--device", "cuda"], 2, "--device cuda but no CUDA device", "in"),
     "predict-topk-0": Row(lambda s: ["predict", "--ckpt", str(s.checkpoint()), str(an_image(s)), "--topk", "0"], 2,
                           "--topk must be at least 1", "in"),
     "export-unknown-format": Row(lambda s: ["export", "--ckpt", str(s.checkpoint()), "--format", "onx",
@@ -272,7 +274,7 @@ def one_error_line(stderr: str) -> str:
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_input(setup, tmp_path, monkeypatch, name):
     row = ROWS[name]
-    if name == "cuda-without-cuda" and torch.cuda.is_available():
+    if name in ("cuda-without-cuda", "predict-cuda-without-cuda") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     setup.scratch, setup.out = tmp_path, tmp_path / "run"
     args = row.args(setup)

@@ -28,17 +28,20 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """"auto" takes CUDA when present; asking for CUDA on a machine without it is a user error."""
+def pick_device(requested: str, local_rank: int = 0, *, asked: str = "[train] device = \"cuda\"",
+                fix: str = "use --set train.device=cpu (or \"auto\") or run on a GPU machine") -> torch.device:
+    """"auto" takes CUDA when present; asking for CUDA on a machine without it is a user error quoting `asked`."""
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
-        raise UserError(
-            "[train] device = \"cuda\" but no CUDA device is available here; "
-            "use --set train.device=cpu (or \"auto\") or run on a GPU machine"
-        )
+        raise UserError(f"{asked} but no CUDA device is available here; {fix}")
     if requested == "cpu" or not has_cuda:
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
+
+
+def pick_cli_device(choice: str) -> torch.device:
+    """The device of a command's --device choice (eval, predict, eval --report)."""
+    return pick_device(choice, asked=f"--device {choice}", fix="use --device cpu or auto")
 
 
 def init_distributed(requested_device: str, backend: str, timeout_s: int) -> DistInfo:

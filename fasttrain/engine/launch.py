@@ -13,7 +13,7 @@ from fasttrain.config import Config, from_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.data_setup import open_dataset
 from fasttrain.engine.model_setup import build_model, check_model_config
-from fasttrain.engine.distributed import DistInfo, init_distributed, pick_device, shutdown
+from fasttrain.engine.distributed import DistInfo, init_distributed, pick_cli_device, shutdown
 from fasttrain.engine.run_dir import RunDir, plan_resume
 from fasttrain.errors import UserError
 
@@ -71,7 +71,7 @@ def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_si
 
     state = ckpt_io.load_checkpoint(path)
     cfg = from_dict(state["config"], str(path))
-    info = DistInfo(0, 1, 0, pick_device(device, 0))
+    info = DistInfo(0, 1, 0, pick_cli_device(device))
     cache = open_dataset(cfg.data, info)
     if split not in cache.splits:
         raise UserError(f"the cache at {cache.path} has no '{split}' split (it has {', '.join(cache.splits)})")

@@ -145,11 +145,12 @@ def write_report(loaded, result: SplitPredictions, report_dir: Path) -> dict:
 
 def report_main(args) -> dict:
     """The `eval --report` command: open, predict the split, write the report; returns the summary."""
-    from fasttrain.inference.loaded import open_model, pick_inference_device
+    from fasttrain.engine.distributed import pick_cli_device
+    from fasttrain.inference.loaded import open_model
 
     report_dir = Path(args.report)
     if report_dir.exists() and not report_dir.is_dir():
         raise UserError(f"--report {report_dir} is a file; give a folder for the report")
     loaded = open_model(args.ckpt, run_dir=args.run_dir, ema=args.ema)
-    result = predict_split(loaded, args.split, batch_size=args.batch_size, device=pick_inference_device(args.device))
+    result = predict_split(loaded, args.split, batch_size=args.batch_size, device=pick_cli_device(args.device))
     return write_report(loaded, result, report_dir)

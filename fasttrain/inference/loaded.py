@@ -142,12 +142,3 @@ def open_model(path: str | os.PathLike, *, run_dir: str | os.PathLike | None = N
             raise UserError(f"{path} is not a fasttrain checkpoint (not a torch.save archive); pass best_model.pt, "
                             f"a checkpoints/ckpt_*.pt file or an exported .safetensors bundle")
     return _open_checkpoint(path, run_dir, ema)
-
-
-def pick_inference_device(choice: str) -> torch.device:
-    """"auto": the GPU when one is there; "cuda" without one is a UserError."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    if choice == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")

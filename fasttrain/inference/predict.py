@@ -97,7 +97,8 @@ def _check_output(path: str | None, flag: str) -> None:
 def predict_main(argv: list[str]) -> int:
     from fasttrain.atomic import atomic_write_text
     from fasttrain.inference.image_files import list_images
-    from fasttrain.inference.loaded import open_model, pick_inference_device
+    from fasttrain.engine.distributed import pick_cli_device
+    from fasttrain.inference.loaded import open_model
 
     args = predict_parser().parse_args(argv)
     if args.topk < 1:
@@ -106,7 +107,7 @@ def predict_main(argv: list[str]) -> int:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     _check_output(args.json, "--json")
     _check_output(args.csv, "--csv")
-    device = pick_inference_device(args.device)
+    device = pick_cli_device(args.device)
     paths = list_images(args.inputs)
     loaded = open_model(args.ckpt, run_dir=args.run_dir, ema=args.ema)
     failures = []
