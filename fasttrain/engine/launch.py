@@ -13,7 +13,7 @@ from fasttrain.config import Config, from_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.data_setup import open_dataset
 from fasttrain.engine.model_setup import build_model, check_model_config
-from fasttrain.engine.distributed import DistInfo, init_distributed, pick_cli_device, shutdown
+from fasttrain.engine.distributed import DistInfo, barrier, init_distributed, pick_cli_device, shutdown
 from fasttrain.engine.run_dir import RunDir, plan_resume
 from fasttrain.errors import UserError
 
@@ -44,6 +44,9 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
             if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
                 atomic_write_text(RunDir(run_dir).config, f"# resolved config of {cfg_name}\n" + to_toml(cfg))
             results = trainer.fit()
+            # Every rank is done with the process group before any tears it down: a rank that destroys it while
+            # another's gloo pairs are still open can abort that rank ("terminate called without an active exception").
+            barrier(info)
         except torch.OutOfMemoryError:
             raise _oom_error(cfg, info) from None
         except OSError as err:
