@@ -76,7 +76,7 @@ def eval_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str]) -> int:
     from fasttrain.engine.launch import evaluate_checkpoint
-    from fasttrain.engine.run_dir import RunDir
+    from fasttrain.rundir import RunDir
 
     args = eval_parser().parse_args(argv)
     if args.batch_size < 1:

@@ -1,7 +1,10 @@
-"""Atomic writes: temporary file in the same directory, fsync, os.replace — nothing half-written."""
+"""Safe writes to disk: atomic (temporary file in the same directory, fsync, os.replace — nothing half-written), and
+the exclusive lock that keeps two writers of the same thing apart."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -9,7 +12,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -98,3 +101,29 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk_bytes:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---- one writer at a time ----
+def lock_path_for(target: str | os.PathLike) -> Path:
+    """The lock file used for `target`: a hidden sibling `.<name>.lock`."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike) -> Iterator[Path]:
+    """Hold an flock on `.<name>.lock` beside `target` for the duration; waits while another process holds it.
+
+    The lock is released by the kernel if the holder dies, so a killed build never blocks the next.
+    """
+    lock_file = lock_path_for(target)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield lock_file
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)

@@ -18,7 +18,7 @@ import torch
 
 from kernels_bench.measure.timing import apply_backend_settings, load_average, time_calls
 from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
-from fasttrain.engine.precision import resolve_amp
+from fasttrain.engine.runtime import resolve_amp
 from kernels_bench.measure.trainer_run import merge, synthetic_data, train_for_steps
 
 PROFILES = {

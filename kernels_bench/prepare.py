@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from fasttrain.data.processes import default_workers
+from fasttrain.data.prepare import default_workers
 from fasttrain.data.synthetic import write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

@@ -153,7 +153,7 @@ def test_progressive_resizing_trains_small_and_evaluates_full(images, backend):
 
 
 def test_flip_tta_averages_the_logits_of_image_and_mirror():
-    from fasttrain.tta import tta_logits
+    from fasttrain.engine.evaluate import tta_logits
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))

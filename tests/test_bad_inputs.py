@@ -23,7 +23,7 @@ import torch
 
 from fasttrain.data.cache import file_sha256, open_cache
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from tiny_runs import ROOT, run_cli, run_in_process, snapshot, subprocess_env, tiny_args
 
 

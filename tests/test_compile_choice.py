@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fasttrain.config import CompileConfig, load_config
-from fasttrain.engine.compile_choice import compile_kwargs, resolve_compile
+from fasttrain.engine.runtime import compile_kwargs, resolve_compile
 
 
 def test_auto_is_the_default_and_is_off_on_cpu_with_the_reason():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fasttrain.config import ConfigError, load_config, parse_override, to_toml, from_dict, to_dict
-from fasttrain.engine.batch_plan import plan_batches
+from fasttrain.engine.optim import batch_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
@@ -38,7 +38,7 @@ def test_study_hyperparameters_are_the_studys():
     vgg = load_config(ROOT / "configs/vgg19.toml")
     assert (vgg.optim.name, vgg.optim.lr, vgg.train.epochs, vgg.model.knobs()["norm"]) == ("adam", 5e-4, 200, "none")
     vit = load_config(ROOT / "configs/t2t_vit.toml")
-    d = plan_batches(vit, world_size=1, train_size=80000)
+    d = batch_sizes(vit, world_size=1, train_size=80000)
     assert d.lr == pytest.approx(5e-4 * 256 / 512)
     assert vit.sched.warmup_epochs == 10 and vit.train.label_smoothing == 0.1 and vit.model.knobs()["drop_path"] == 0.1
 
@@ -108,9 +108,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 
 def test_global_batch_must_divide_by_world_size():
     cfg = load_config(ROOT / "configs/resnet18.toml")
-    assert plan_batches(cfg, world_size=8, train_size=80000).per_rank_batch == 32
+    assert batch_sizes(cfg, world_size=8, train_size=80000).per_rank_batch == 32
     with pytest.raises(ConfigError, match="not divisible by the world size 3"):
-        plan_batches(cfg, world_size=3, train_size=80000)
+        batch_sizes(cfg, world_size=3, train_size=80000)
 
 
 def test_validate_does_not_mutate():

@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fasttrain.atomic
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from fasttrain.errors import UserError, run_cli
 from tiny_runs import FailingWrites, RUN_THREADS, run_in_process, tiny_args, tiny_trainer
 
@@ -54,7 +54,7 @@ def first_batches(trainer, n: int) -> list:
 def test_no_host_sync_on_steps_that_do_not_log(trainer_of, extra):
     trainer = trainer_of("log.every_steps=4", *extra)
     batches = iter(first_batches(trainer, 4 * trainer.cfg.train.grad_accum))  # fetched first: the pipeline is not under test
-    trainer.forward.train()
+    trainer.train_module.train()
     trainer.metrics.start_epoch(fresh=True)
     with HostSyncCounter() as quiet:
         for _ in range(3):
@@ -69,7 +69,7 @@ def test_no_host_sync_on_steps_that_do_not_log(trainer_of, extra):
 def test_train_step_uses_label_smoothing_and_returns_device_tensors(trainer_of):
     trainer = trainer_of("train.label_smoothing=0.4", "train.channels_last=false")
     (images, labels), = first_batches(trainer, 1)
-    trainer.forward.train()
+    trainer.train_module.train()
     with torch.no_grad():
         expected = F.cross_entropy(trainer.model(images), labels, label_smoothing=0.4)
     loss, correct, n, grad_norm = trainer.train_step(iter([(images, labels)]))
@@ -79,7 +79,7 @@ def test_train_step_uses_label_smoothing_and_returns_device_tensors(trainer_of):
 
 def parameter_change(trainer, batch) -> float:
     before = [p.detach().clone() for p in trainer.model.parameters()]
-    trainer.forward.train()
+    trainer.train_module.train()
     trainer.train_step(iter([batch]))
     return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(trainer.model.parameters(), before))).item()
 
@@ -136,11 +136,11 @@ def test_best_model_is_written_after_the_epoch_checkpoint(data_root, tmp_path, m
 
 @pytest.mark.gpu
 def test_cuda_steps_log_mfu_and_sync_only_on_log_steps(trainer_of):
-    from fasttrain.engine.hardware import device_peak_tflops
+    from fasttrain.engine.metrics import device_peak_tflops
 
     trainer = trainer_of("train.device=cuda", "log.every_steps=4", "train.deterministic=false")
     batches = iter(first_batches(trainer, 4))
-    trainer.forward.train()
+    trainer.train_module.train()
     trainer.metrics.start_epoch(fresh=True)
     torch.cuda.set_sync_debug_mode("error")  # any host sync on a non-log step raises
     try:

@@ -13,15 +13,17 @@ import torch
 import torch.nn.functional as F
 
 from fasttrain.config import OptimConfig, SchedConfig
-from fasttrain.engine.batch_plan import split_batch, whole_batches
+from fasttrain.data.pipelines.sampling import whole_batches
+from fasttrain.engine.optim import split_batch
 from fasttrain.engine.distributed import DistInfo
-from fasttrain.engine.hardware import datasheet_peak_tflops, mfu_pct
+from fasttrain.engine.metrics import datasheet_peak_tflops, mfu_pct
 from fasttrain.engine.metrics import TrainMetrics
-from fasttrain.engine.metrics_log import MetricsWriter, read_metrics
+from fasttrain.engine.metrics import MetricsWriter
+from fasttrain.rundir import read_metrics
 from fasttrain.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups
-from fasttrain.engine.rng import capture_rng, restore_rng
-from fasttrain.engine.run_dir import RunDir
-from fasttrain.engine.targets import training_loss
+from fasttrain.engine.checkpoint import capture_rng, restore_rng
+from fasttrain.rundir import RunDir
+from fasttrain.engine.trainer import training_loss
 
 CPU = torch.device("cpu")
 ONE_RANK = DistInfo(0, 1, 0, CPU)

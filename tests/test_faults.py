@@ -18,7 +18,7 @@ import pytest
 import fasttrain.atomic
 from fasttrain.data.cache import CacheError, open_cache
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from tiny_runs import (ROOT, STEPS_PER_EPOCH, FailingWrites, epoch_records, final_weights, logged_steps,
                        run_cli, run_in_process, same_weights, snapshot, step_records, subprocess_env, tiny_args,
                        wait_for)

@@ -146,7 +146,7 @@ def test_a_t2t_vit_with_single_head_token_attention_exports_to_onnx(trained, tmp
     pytest.importorskip("onnxscript")
     from fasttrain.inference.export import export_model
     from fasttrain.inference.loaded import LoadedModel
-    from fasttrain.inference.model_card import model_from_card
+    from fasttrain.inference.loaded import model_from_card
 
     run, ckpt, pixels = trained
     card = dict(torch.load(ckpt, weights_only=True)["card"], model="t2t_vit_t_14",

@@ -219,7 +219,7 @@ def test_predict_on_the_gpu_gives_the_cpu_classes(trained, tmp_path):
 def test_an_imagefolder_card_names_classes_by_their_folders(tmp_path):
     from fasttrain.config import load_config
     from fasttrain.data.prepare import prepare_cache
-    from fasttrain.inference.model_card import build_card
+    from fasttrain.inference.loaded import build_card
 
     rng = np.random.default_rng(0)
     for split, count in (("train", 5), ("val", 2)):

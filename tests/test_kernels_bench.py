@@ -150,7 +150,7 @@ def test_crash_guard_names_each_crashing_case_and_goes_on():
 def test_step_fast_variant_is_what_the_device_gets_and_forced_bf16_beside_it():
     import torch
 
-    from fasttrain.engine.precision import resolve_amp
+    from fasttrain.engine.runtime import resolve_amp
     from kernels_bench.step import VARIANTS
 
     cpu = torch.device("cpu")
@@ -164,7 +164,7 @@ def test_step_skips_fast_bf16_when_it_equals_fast_here():
                               "--variants", "fast,fast_bf16", "--compile-models", ""])
     fast, forced = report["cases"]
     assert "compile limited" in fast["skipped"]
-    from fasttrain.engine.precision import resolve_amp
+    from fasttrain.engine.runtime import resolve_amp
 
     if resolve_amp("auto", __import__("torch").device("cpu")) == "bf16":
         assert forced["skipped"].startswith("same settings as fast")

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from fasttrain.errors import UserError
 from fasttrain.models import create_model, list_models, model_knobs
-from fasttrain.models.norm_layers import group_norm_groups
+from fasttrain.models.layers import group_norm_groups
 from fasttrain.models.resnet import BasicBlock, Bottleneck
 
 

@@ -14,7 +14,7 @@ from fasttrain.report.__main__ import main as report_main
 from fasttrain.report.render import render_runs, render_suite
 from fasttrain.report.study_reference import differences_from_study, study_result
 from fasttrain.study.__main__ import main as study_main
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from tiny_runs import ROOT, run_cli, run_in_process, snapshot, tiny_args
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fasttrain.__main__ import _dotted_overrides, train_parser
 from fasttrain.config import load_config, to_toml
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from fasttrain.errors import run_cli
 from fasttrain.study.__main__ import main as study_main
 from fasttrain.study.plan import plan_suite

@@ -10,7 +10,7 @@ import pytest
 
 from fasttrain.errors import run_cli
 from fasttrain.study.__main__ import main as study_main
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO / "configs" / "studies" / "seed.toml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from tiny_runs import ROOT, run_cli, step_records, subprocess_env, tiny_args
 
 

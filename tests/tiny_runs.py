@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.toml"
@@ -44,7 +44,7 @@ def tiny_trainer(data_root: Path, out: Path, *extra: str):
     """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process; CPU unless
     `extra` sets train.device)."""
     from fasttrain.config import load_config
-    from fasttrain.engine.data_setup import open_dataset
+    from fasttrain.engine.launch import open_dataset
     from fasttrain.engine.distributed import DistInfo
     from fasttrain.engine.trainer import Trainer
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fasttrain.atomic import file_digest, fsync_dir
-from fasttrain.data.locking import exclusive_lock
+from fasttrain.atomic import exclusive_lock
 from fasttrain.data.sources import TINY_IMAGENET_DIRNAME
 from fasttrain.errors import UserError
 

@@ -1,9 +1,11 @@
-"""Build (or reuse) the uint8 cache of a source: list, split, decode across cores straight into .npy files, publish."""
+"""Build (or reuse) the uint8 cache of a source: list, split, decode across cores (worker processes) straight into
+.npy files, publish; and from a [data] section to an opened, verified cache (synthesized first when asked)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 import sys
@@ -17,10 +19,10 @@ import fasttrain
 from fasttrain.data.cache import (FORMAT_VERSION, CacheError, describe_file, images_name, is_replaceable,
                                   labels_name, open_cache, publish, read_npy_header, remove_leftovers, temp_dir_for)
 from fasttrain.data.decode import DecodeError, decode_file, quiet_opencv
-from fasttrain.data.locking import exclusive_lock
-from fasttrain.data.processes import default_workers, pool_context
 from fasttrain.data.sources import SourceListing, open_source
 from fasttrain.data.splits import check_val_ratio, stratified_split
+from fasttrain.atomic import exclusive_lock
+from fasttrain.config import DataConfig
 from fasttrain.errors import UserError
 
 log = logging.getLogger("fasttrain.data")
@@ -30,6 +32,21 @@ _TASK_BYTES = 4 << 20  # decoded pixels one worker task holds before writing the
 # With workers left to prepare, start one process per this many images at most: starting a worker
 # (interpreter, numpy, OpenCV) costs about as much as decoding a thousand small images.
 _IMAGES_PER_AUTO_WORKER = 2000
+
+
+def default_workers() -> int:
+    """All cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pool_context() -> multiprocessing.context.BaseContext:
+    """forkserver where available: a fork of a process that already runs threads (torch, a trainer) can
+    deadlock, while forkserver starts workers from a clean single-threaded server."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def default_cache_dir(root: str | os.PathLike) -> Path:
@@ -290,3 +307,64 @@ def prepare_cache(source: str, root: str | os.PathLike, *, cache_dir: str | os.P
         remove_leftovers(cache_dir)
         _build(listing, cache_dir, params, workers, strict)
     return cache_dir
+
+
+# ---- from a [data] section to an opened cache ----
+def cache_dir_for(cfg: DataConfig) -> Path:
+    """The cache a [data] section reads: data.cache_dir, else `<root>/process`."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.root)
+
+
+def prepare_command(cfg: DataConfig) -> str:
+    source = "tiny-imagenet" if cfg.source == "synthetic" else cfg.source
+    cmd = f"python -m fasttrain.data prepare --source {source} --root {cfg.root} --image-size {cfg.image_size}"
+    if cfg.source == "tiny-imagenet":
+        cmd += " --download"
+    return cmd
+
+
+def _check_source_present(cfg: DataConfig) -> None:
+    root = Path(cfg.root)
+    if cfg.source == "synthetic" or root.exists():
+        return
+    if cfg.source == "tiny-imagenet" and cfg.download:
+        return
+    if cfg.source == "tiny-imagenet":
+        raise UserError(
+            f"data root {root} does not exist; download and prepare Tiny-ImageNet with: {prepare_command(cfg)} "
+            f"(or set data.download = true)"
+        )
+    raise UserError(f"data root {root} does not exist; point data.root at an ImageFolder tree with train/<class>/ images")
+
+
+def build_cache(cfg: DataConfig):
+    """Make sure the cache exists and matches the config; return the opened Cache (single process)."""
+    _check_source_present(cfg)
+    source = cfg.source
+    if source == "synthetic":
+        from fasttrain.data.synthetic import write_synthetic
+
+        write_synthetic(
+            cfg.root,
+            classes=cfg.synth_classes,
+            per_class=cfg.synth_per_class,
+            val_per_class=cfg.synth_val_per_class,
+            size=cfg.image_size,
+            seed=cfg.split_seed,
+        )
+        source = "tiny-imagenet"  # the synthetic set is written in Tiny-ImageNet layout
+    path = prepare_cache(
+        source,
+        cfg.root,
+        cache_dir=cache_dir_for(cfg),
+        image_size=cfg.image_size,
+        val_ratio=cfg.val_ratio,
+        seed=cfg.split_seed,
+        workers=cfg.prepare_workers or None,
+        download=cfg.download,
+    )
+    # prepare_cache checks sizes and headers only; the checksums also catch a flipped byte before training uses it.
+    try:
+        return open_cache(path, verify=True)
+    except CacheError as err:
+        raise CacheError(f"{err} (delete {path} and rerun: it is rebuilt from {cfg.root})") from None

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from fasttrain.atomic import fsync_dir, remove_replace_leftovers, replace_dir
-from fasttrain.data.locking import exclusive_lock
-from fasttrain.data.processes import pool_context
+from fasttrain.atomic import exclusive_lock
+from fasttrain.data.prepare import pool_context
 from fasttrain.errors import UserError
 
 GENERATOR_VERSION = 1

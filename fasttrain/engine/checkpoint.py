@@ -1,12 +1,30 @@
-"""Checkpoints: atomic save, keep the latest k, find the newest complete one, load with weights_only; best weights; divergence stop."""
+"""Checkpoint files and what they hold: atomic CRC-checked save/load (weights only), the latest k, the model card,
+the RNG state, where a run resumes from, the best weights and the divergence stop.
+
+The model card is what predict and export need to rebuild and feed a model, carried inside every checkpoint.
+It is plain data plus one uint8 tensor, so it loads under torch.load(weights_only=True)::
+
+    format          CARD_FORMAT
+    model, knobs    registry name and the knobs it was built with (img_size included)
+    num_classes     outputs of the model
+    class_ids       e.g. Tiny-ImageNet wnids, ImageFolder folder names
+    class_names     Tiny-ImageNet words.txt names; ImageFolder folder names
+    image_size      the cache's square size; files are resized to it exactly as prepare does
+    mean, std       per-channel normalisation of 0..1 RGB pixels
+    cache_dir       where the training data's cache was (for `eval --report` only; never needed by predict)
+    check_images    a few real images of the held-out split, uint8 (n, H, W, 3): the batch an export is checked on
+                    when no cache is at hand
+"""
 
 from __future__ import annotations
 
 import io
 import os
 import pickle
+import random
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +33,7 @@ import torch
 
 from fasttrain.atomic import atomic_write
 from fasttrain.errors import UserError
+from fasttrain.rundir import RunDir
 
 CKPT_FORMAT = 1
 _NAME = re.compile(r"^ckpt_e(\d+)_s(\d+)\.pt$")
@@ -173,3 +192,144 @@ def restore_best(state: dict[str, Any], best_path: Path, *, steps_per_epoch: int
             save_trusted({"model": state["model"], "epoch": best_epoch, **card}, best_path)
         return state["model"]
     return None
+
+
+# ---- the model card ----
+CARD_FORMAT = 1
+CARD_KEY = "card"
+CHECK_IMAGES = 8
+_REQUIRED = ("model", "knobs", "num_classes", "class_ids", "class_names", "image_size", "mean", "std")
+
+
+class CardError(UserError):
+    """A checkpoint or bundle whose model card is missing or does not hold what predict/export need."""
+
+
+def _check_batch(cache) -> torch.Tensor:
+    """Up to CHECK_IMAGES images spread over the held-out split (val, else test, else train)."""
+    split = next((s for s in ("val", "test", "train") if s in cache.splits and cache.count(s) > 0), None)
+    if split is None:
+        return torch.zeros((0, cache.image_size, cache.image_size, 3), dtype=torch.uint8)
+    images, _ = cache.split(split)
+    rows = np.unique(np.linspace(0, len(images) - 1, num=min(CHECK_IMAGES, len(images))).round().astype(np.int64))
+    return torch.from_numpy(np.ascontiguousarray(images[rows]))
+
+
+def build_card(cfg, cache) -> dict[str, Any]:
+    """The card of a model trained with `cfg` on `cache` (an opened fasttrain.data.cache.Cache)."""
+    from fasttrain.engine.runtime import model_knobs_for
+
+    return {
+        "format": CARD_FORMAT,
+        "model": cfg.model.name,
+        "knobs": {k: list(v) if isinstance(v, tuple) else v for k, v in model_knobs_for(cfg).items()},
+        "num_classes": int(cache.num_classes),
+        "class_ids": list(cache.class_ids),
+        "class_names": list(cache.class_names),
+        "image_size": int(cache.image_size),
+        "mean": [float(x) for x in cfg.data.mean],
+        "std": [float(x) for x in cfg.data.std],
+        "cache_dir": str(Path(cache.path).absolute()),
+        "check_images": _check_batch(cache),
+    }
+
+
+def card_json(card: dict[str, Any]) -> dict[str, Any]:
+    """The card without its check images: what a JSON sidecar or an artifact's metadata holds."""
+    return {k: v for k, v in card.items() if k != "check_images"}
+
+
+def check_card(card: Any, where: str) -> dict[str, Any]:
+    """`card` if it holds every field predict/export need in the right shape, else one CardError line."""
+    if not isinstance(card, dict):
+        raise CardError(f"{where} has no model card; re-export it from a fasttrain checkpoint")
+    if card.get("format") != CARD_FORMAT:
+        raise CardError(f"{where} has a model card of format {card.get('format')!r}, this fasttrain reads "
+                        f"{CARD_FORMAT}; re-export it with this fasttrain")
+    missing = [key for key in _REQUIRED if key not in card]
+    if missing:
+        raise CardError(f"{where}: its model card lacks {', '.join(missing)}; re-export it from a fasttrain checkpoint")
+    n = card["num_classes"]
+    if not isinstance(n, int) or n < 1 or len(card["class_ids"]) != n or len(card["class_names"]) != n:
+        raise CardError(f"{where}: its model card lists {len(card['class_ids'])} class ids and "
+                        f"{len(card['class_names'])} names for {n} classes; re-export it from a fasttrain checkpoint")
+    if len(card["mean"]) != 3 or len(card["std"]) != 3 or min(card["std"]) <= 0:
+        raise CardError(f"{where}: its model card has mean {card['mean']} / std {card['std']}; "
+                        f"expected three values each, std positive")
+    return card
+
+
+# ---- random state ----
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states, loadable with weights_only=True."""
+    np_state = np.random.get_state()
+    py_version, py_words, py_gauss = random.getstate()
+    state = {
+        "python": [list(py_words), py_version, py_gauss],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back what capture_rng returned: the next draws repeat those after the capture."""
+    py = state["python"]
+    random.setstate((py[1], tuple(py[0]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---- where a run resumes from ----
+@dataclass(frozen=True)
+class ResumePoint:
+    finished: bool = False
+    """The run directory already holds results.json: nothing to do."""
+    path: Path | None = None
+    state: dict[str, Any] | None = None
+
+
+def resume_point(run_dir: Path, resume: str | None, log=print) -> ResumePoint:
+    """Decide from `--resume` and the run directory's contents; never overwrites anything itself.
+
+    A worker restarted by torchrun (TORCHELASTIC_RESTART_COUNT > 0) resumes as with `--resume auto`.
+    """
+    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"
+    names = RunDir(run_dir)
+    ckpts = list_checkpoints(names.checkpoints)
+    if resume is None:
+        if names.results.exists():
+            raise UserError(
+                f"run directory {run_dir} already holds a finished run ({names.results.name}); "
+                f"pass a new --out, or --resume auto to leave it as it is"
+            )
+        if ckpts:
+            raise UserError(
+                f"run directory {run_dir} holds an unfinished run (newest checkpoint {ckpts[-1].name}); "
+                f"continue it with --resume auto, or pass a new --out"
+            )
+        return ResumePoint()
+    if resume == "auto":
+        if names.results.exists():
+            return ResumePoint(finished=True)
+        found = newest_loadable(names.checkpoints, log=log)
+        if found is None:
+            if ckpts:
+                log(f"warning: no loadable checkpoint in {names.checkpoints}; starting from scratch")
+            return ResumePoint()
+        return ResumePoint(path=found[0], state=found[1])
+    path = Path(resume)
+    return ResumePoint(path=path, state=load_checkpoint(path))

@@ -1,4 +1,5 @@
-"""Evaluation: loss/top-1/top-5 of one model over one split, and the sweep over (model, EMA, best) × (val, test)."""
+"""Evaluation: loss/top-1/top-5 of one model over one split (with test-time augmentation), and the sweep over
+(model, EMA, best) × (val, test)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from fasttrain.engine.distributed import DistInfo, all_reduce_sum
-from fasttrain.engine.precision import autocast, resolve_amp
-from fasttrain.tta import tta_logits
+from fasttrain.engine.runtime import autocast, resolve_amp
 
 # The variants a run evaluates and the prefix of their keys: the trained model, its EMA, its best-val weights.
 VARIANT_PREFIXES = {"model": "", "ema": "ema_", "best": "best_"}
+
+
+def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
+    """model(images), or with "flip" the mean of the logits of each image and its horizontal mirror (float32)."""
+    logits = model(images).float()
+    if tta == "flip":
+        # NCHW: dim 3 is the width; flip keeps channels_last memory format
+        logits = (logits + model(images.flip(3)).float()) * 0.5
+    elif tta != "none":
+        raise ValueError(f"unknown tta {tta!r}")  # the config schema and the eval CLI admit only "none" and "flip"
+    return logits
 
 
 def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Wires a resolved config to a run: distributed init → data → Trainer → results; and checkpoint evaluation."""
+"""Wires a resolved config to a run: distributed init → the data cache (rank 0 builds it) → Trainer → results;
+and checkpoint evaluation."""
 
 from __future__ import annotations
 
@@ -11,11 +12,30 @@ import torch
 from fasttrain.atomic import atomic_write_text
 from fasttrain.config import Config, from_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.data_setup import open_dataset
-from fasttrain.engine.model_setup import build_model, check_model_config
-from fasttrain.engine.distributed import DistInfo, barrier, init_distributed, pick_cli_device, shutdown
-from fasttrain.engine.run_dir import RunDir, plan_resume
+from fasttrain.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, pick_cli_device, shutdown
+from fasttrain.engine.runtime import build_model, check_model_config
+from fasttrain.rundir import RunDir
 from fasttrain.errors import UserError
+
+
+def open_dataset(cfg: DataConfig, info: DistInfo):
+    """Rank 0 builds the cache while the others wait; then every rank opens it.
+
+    Rank 0's error reaches every rank, so no rank waits on a barrier that will never come.
+    """
+    from fasttrain.data.cache import open_cache
+    from fasttrain.data.prepare import build_cache, cache_dir_for
+
+    error = None
+    if info.is_main:
+        try:
+            cache = build_cache(cfg)
+        except UserError as err:
+            error = str(err)
+    error = broadcast_object(error, info)
+    if error is not None:
+        raise UserError(error)
+    return cache if info.is_main else open_cache(cache_dir_for(cfg))
 
 
 def _oom_error(cfg: Config, info: DistInfo) -> UserError:
@@ -33,14 +53,14 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
     log = print if info.is_main else (lambda msg: None)
     try:
         check_model_config(cfg)  # a wrong model name or knob fails before any data work
-        plan = plan_resume(run_dir, resume, log=log)
-        if plan.finished:
+        start = ckpt_io.resume_point(run_dir, resume, log=log)
+        if start.finished:
             log(f"{run_dir} already holds a finished run (results.json); nothing to do")
             return None
         cache = open_dataset(cfg.data, info)
         try:
             trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
-                              resume_state=plan.state, resume_path=plan.path, log=log)
+                              resume_state=start.state, resume_path=start.path, log=log)
             if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
                 atomic_write_text(RunDir(run_dir).config, f"# resolved config of {cfg_name}\n" + to_toml(cfg))
             results = trainer.fit()

@@ -1,16 +1,22 @@
-"""The training metrics object: epoch/window sums, data-wait and throughput timing, memory, skipped steps, MFU."""
+"""Training metrics: the metrics object (epoch/window sums, data-wait and throughput timing, memory, skipped steps),
+MFU against datasheet peaks, and what a run shows as it goes (metrics.jsonl, TensorBoard, the progress bar)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import os
 import resource
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
+from fasttrain.atomic import atomic_write_text
 from fasttrain.engine.distributed import DistInfo, all_reduce_sum
-from fasttrain.engine.hardware import mfu_pct
+from fasttrain.rundir import RunDir
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -151,18 +157,120 @@ class TrainMetrics:
 
 def mfu_inputs(cfg, device: torch.device, num_classes: int, log) -> dict[str, float]:
     """TrainMetrics' FLOPs per training image and datasheet peak: on CUDA only; an unknown GPU is said once."""
-    from fasttrain.engine.hardware import device_peak_tflops
-
     if device.type != "cuda":
         return {}
     peak, name = device_peak_tflops(device)
     if peak is None:
-        log(f"mfu: no datasheet bf16 peak for '{name}' (fasttrain.engine.hardware); mfu_pct is not logged")
+        log(f"mfu: no datasheet bf16 peak for '{name}' (fasttrain.engine.metrics); mfu_pct is not logged")
         return {}
-    from fasttrain.engine.model_setup import model_knobs_for
+    from fasttrain.engine.runtime import model_knobs_for
     from fasttrain.models.counting import train_flops_per_image
 
     flops = train_flops_per_image(cfg.model.name, model_knobs_for(cfg), num_classes=num_classes,
                                   image_size=cfg.data.image_size)
     log(f"mfu: {flops / 1e9:.3f} GFLOP per training image against {name}'s dense bf16 peak {peak:.0f} TFLOP/s")
     return {"flops_per_image": flops, "peak_tflops": peak}
+
+
+# ---- datasheet peaks and MFU ----
+# Dense (no sparsity) bf16 tensor-core TFLOP/s with fp32 accumulation, from the vendors' datasheets.
+# Checked in order: a longer name comes before a name it contains ("H100 PCIe" before "H100", "L40S" before "L40" before "L4").
+DATASHEET_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989.0),       # H200 SXM
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),       # H100 SXM
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L40", 181.0),
+    ("L4", 121.0),
+    ("RTX 4090", 165.0),
+)
+
+
+def datasheet_peak_tflops(gpu_name: str) -> float | None:
+    """Dense bf16 peak of a GPU named like torch.cuda.get_device_name (e.g. "NVIDIA H100 80GB HBM3"); None if unknown."""
+    for key, tflops in DATASHEET_BF16_TFLOPS:
+        if key.lower() in gpu_name.lower():
+            return tflops
+    return None
+
+
+def device_peak_tflops(device: torch.device) -> tuple[float | None, str]:
+    """(dense bf16 peak of `device` or None, the device's name); CPUs have no datasheet peak here."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None, device.type
+    name = torch.cuda.get_device_name(device)
+    return datasheet_peak_tflops(name), name
+
+
+def mfu_pct(flops_per_image: float, images_per_s: float, peak_tflops: float, *, devices: int = 1) -> float:
+    """Model FLOPs utilization in percent: achieved FLOP/s over `devices` × the peak."""
+    return 100.0 * flops_per_image * images_per_s / (peak_tflops * 1e12 * devices)
+
+
+# ---- what a run shows: metrics.jsonl, TensorBoard, the progress bar (rank 0 only) ----
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else v
+    return v
+
+
+class MetricsWriter:
+    """Appends one JSON line per logged step and per epoch; mirrors numbers to TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int | None):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = RunDir(run_dir).metrics
+        if resume_step is not None:
+            self._truncate_after(resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop lines logged after the checkpoint we resume from: they will be logged again, identically."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if rec.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+    def write(self, kind: str, step: int, values: dict[str, Any], tb_prefix: str | None = None) -> None:
+        rec = {"kind": kind, "step": step, **{k: _finite_or_none(v) for k, v in values.items()}}
+        self._file.write(json.dumps(rec) + "\n")
+        self._file.flush()
+        if self._tb is not None and tb_prefix is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    self._tb.add_scalar(f"{tb_prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, *, total: int, initial: int, desc: str):
+    """A tqdm bar of one epoch's steps, or None when disabled (other ranks, log.progress = false)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
+    yield bar
+    bar.close()

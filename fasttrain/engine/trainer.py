@@ -1,4 +1,5 @@
-"""The Trainer: builds a run in a fixed order, then `fit` — epochs of `train_step`, evaluation, checkpoints, results."""
+"""The Trainer: builds a run in a fixed order, then `fit` — epochs of `train_step` (targets, loss, EMA), evaluation,
+checkpoints, results."""
 
 from __future__ import annotations
 
@@ -7,24 +8,47 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from fasttrain.atomic import atomic_write_json
-from fasttrain.config import Config, to_dict
-from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.batch_plan import plan_batches
-from fasttrain.engine.distributed import DistInfo, all_gather_objects
+from fasttrain.config import Config, TrainConfig, to_dict
 from fasttrain.data.pipelines.progressive import schedule_sizes
+from fasttrain.engine import checkpoint as ckpt_io
+from fasttrain.engine.checkpoint import build_card, capture_rng, restore_rng, seed_everything
+from fasttrain.engine.distributed import DistInfo, all_gather_objects
 from fasttrain.engine.evaluate import evaluate_variants, model_variants
-from fasttrain.engine.metrics import TrainMetrics, mfu_inputs
-from fasttrain.engine.metrics_log import MetricsWriter, progress_bar
-from fasttrain.engine.model_setup import build_ema, build_model, resolve_compile, training_forward
-from fasttrain.engine.optim import build_optimizer, build_scheduler
-from fasttrain.engine.precision import autocast, configure_backends, resolve_amp
-from fasttrain.engine.rng import capture_rng, restore_rng, seed_everything
-from fasttrain.engine.run_dir import RunDir
-from fasttrain.engine.targets import build_mixup, training_loss
-from fasttrain.inference.model_card import build_card
+from fasttrain.engine.metrics import MetricsWriter, TrainMetrics, mfu_inputs, progress_bar
+from fasttrain.engine.optim import batch_sizes, build_optimizer, build_scheduler
+from fasttrain.engine.runtime import autocast, build_model, configure_backends, resolve_amp, resolve_compile, training_forward
 from fasttrain.models.counting import count_parameters
+from fasttrain.rundir import RunDir
+
+# ---- targets, loss and EMA ----
+def build_mixup(train: TrainConfig, num_classes: int):
+    """timm's Mixup when [train] mixup or cutmix is on (label smoothing folded into its targets), else None."""
+    if train.mixup <= 0 and train.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=train.mixup, cutmix_alpha=train.cutmix, prob=train.mix_prob,
+                 label_smoothing=train.label_smoothing, num_classes=num_classes)
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy in fp32: against class indices with label smoothing, or against soft targets
+    (rows of class probabilities from mixup/cutmix, whose smoothing is already in them)."""
+    if targets.ndim == 2:
+        return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+    return F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+
+
+def build_ema(model: torch.nn.Module, train_cfg: TrainConfig):
+    """timm's ModelEmaV3 of the plain module when train.ema is on, else None."""
+    if not train_cfg.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=train_cfg.ema_decay)
 
 
 class Trainer:
@@ -38,12 +62,12 @@ class Trainer:
         self.log = log if info.is_main else (lambda msg: None)
         self.device = info.device
         self.amp = resolve_amp(cfg.train.amp, info.device)
-        self.plan = plan_batches(cfg, world_size=info.world_size, train_size=len(cache.split("train")[0]), where=cfg_name)
+        self.plan = batch_sizes(cfg, world_size=info.world_size, train_size=len(cache.split("train")[0]), where=cfg_name)
         configure_backends(cfg.train, self.device)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, cache.num_classes).to(self.device)  # the plain module: checkpoints and eval use it
         self.num_params = count_parameters(self.model)
-        self.forward = training_forward(self.model, cfg, info)
+        self.train_module = training_forward(self.model, cfg, info)
         seed_everything(cfg.train.seed + 1000 * info.rank + 1)  # each rank draws its own dropout/mixup randomness
         self.backend, self.train_pipe, self.eval_pipes = self._build_data()
         self.optimizer = build_optimizer(cfg.optim, self.model, self.plan.lr)
@@ -111,7 +135,7 @@ class Trainer:
         position = saved.get("position", 0) if saved.get("epoch") == epoch else 0
         if position == 0:
             pipe.set_epoch(epoch)
-        self.forward.train()
+        self.train_module.train()
         done = position // accum
         steps_left = min(self.plan.steps_per_epoch - done, self.plan.total_steps - self.step)
         with progress_bar(self.info.is_main and self.cfg.log.progress, total=self.plan.steps_per_epoch, initial=done,
@@ -153,9 +177,9 @@ class Trainer:
             if self.mixup is not None:
                 images, targets = self.mixup(images, labels)
             sync = i == accum - 1 or not self.info.enabled
-            with contextlib.nullcontext() if sync else self.forward.no_sync():
+            with contextlib.nullcontext() if sync else self.train_module.no_sync():
                 with autocast(self.amp, self.device):
-                    logits = self.forward(images)
+                    logits = self.train_module(images)
                 loss = training_loss(logits, targets, self.cfg.train.label_smoothing) / accum
                 self.scaler.scale(loss).backward()
             loss_total += loss.detach()

@@ -111,7 +111,7 @@ def verify(run: fmt.Runner, eager: fmt.Runner, batch: np.ndarray, source: str, t
 def write_artifact(loaded, format_name: str, staged: Path, float_input: bool, pixels: np.ndarray,
                    batch: np.ndarray) -> None:
     """Write the artifact to `staged`; `pixels` (uint8 NHWC) and `batch` (its input form) are real images."""
-    from fasttrain.inference.model_card import card_to_text
+    from fasttrain.inference.loaded import card_to_text
 
     text = card_to_text(dict(loaded.card, weights=loaded.weights, input="float" if float_input else "uint8"))
     if format_name == "safetensors":
@@ -128,7 +128,7 @@ def export_model(loaded, format_name: str, out: Path, *, float_input: bool, imag
                  tolerance: float) -> CheckResult:
     """Write, load back, check; move to `out` (and its sidecar) only when the check passes."""
     from fasttrain.atomic import atomic_write, atomic_write_json
-    from fasttrain.inference.model_card import card_json
+    from fasttrain.inference.loaded import card_json
 
     pixels, source = check_batch(loaded, images)
     batch = _as_input(pixels, float_input, loaded)

@@ -18,10 +18,66 @@ import numpy as np
 import torch
 
 from fasttrain.errors import UserError
-from fasttrain.inference.model_card import CardError, card_from_state, check_card, load_weights, model_from_card
+from fasttrain.engine.checkpoint import CARD_KEY, CardError, build_card, card_json, check_card
+from fasttrain.rundir import RunDir
 
 BUNDLE_CARD_KEY = "fasttrain.card"
 BUNDLE_CHECK_IMAGES = "fasttrain.check_images"
+
+
+def guess_run_dir(path: Path) -> Path:
+    """The run directory a checkpoint most likely came from: RUN/best_model.pt or RUN/checkpoints/ckpt_*.pt."""
+    path = Path(path).absolute()
+    return path.parent.parent if path.parent.name == RunDir.checkpoints.name else path.parent
+
+
+def card_from_state(state: dict[str, Any], path: Path, run_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """The card of a loaded checkpoint; an old checkpoint without one gets it from `run_dir` (config.toml + cache)."""
+    if run_dir is not None:
+        return card_from_run_dir(Path(run_dir))
+    if CARD_KEY not in state:
+        guess = guess_run_dir(path)
+        raise CardError(f"checkpoint {path} has no model card (written before fasttrain stored one); pass "
+                        f"--run-dir {guess} (the run directory holding its config.toml and data cache)")
+    return check_card(state[CARD_KEY], str(path))
+
+
+def card_from_run_dir(run_dir: Path) -> dict[str, Any]:
+    """Rebuild a card from a run directory's resolved config.toml and the data cache it names."""
+    from fasttrain.config import load_config
+    from fasttrain.data.cache import open_cache
+    from fasttrain.data.prepare import cache_dir_for
+
+    config = RunDir(run_dir).config
+    if not config.is_file():
+        raise CardError(f"--run-dir {run_dir} holds no config.toml; point it at the run directory the "
+                        f"checkpoint was written in (runs/NAME)")
+    cfg = load_config(config)
+    cache = open_cache(cache_dir_for(cfg.data))
+    return build_card(cfg, cache)
+
+
+def model_from_card(card: dict[str, Any]) -> torch.nn.Module:
+    """The untrained model the card describes (plain module, CPU, eval mode)."""
+    from fasttrain.models import create_model
+
+    return create_model(card["model"], num_classes=card["num_classes"], **card["knobs"]).eval()
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], where: str) -> torch.nn.Module:
+    """Load a plain state dict; keys or shapes that do not fit the card's model are one CardError line."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in weights.items()}
+    if expected != got:
+        diff = sorted(set(expected) ^ set(got)) or [k for k in expected if expected[k] != got[k]]
+        raise CardError(f"{where}: its weights do not fit the {type(model).__name__} its model card describes "
+                        f"(first mismatch: {diff[0]}); was the file edited?")
+    model.load_state_dict(weights)
+    return model
+
+
+def card_to_text(card: dict[str, Any]) -> str:
+    return json.dumps(card_json(card), indent=1, sort_keys=False)
 
 
 class PixelsToLogits(torch.nn.Module):

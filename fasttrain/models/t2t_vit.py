@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 
 from fasttrain.errors import UserError
-from fasttrain.models.norm_layers import norm_and_bias_names
+from fasttrain.models.layers import norm_and_bias_names
 from fasttrain.models.registry import InvalidKnobValueError
 
 

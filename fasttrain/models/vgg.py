@@ -7,8 +7,8 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from fasttrain.models.init_weights import init_conv_family
-from fasttrain.models.norm_layers import make_norm2d, norm_and_bias_names
+from fasttrain.models.layers import init_conv_family
+from fasttrain.models.layers import make_norm2d, norm_and_bias_names
 
 POOL = "M"
 LayerSpec = Union[int, str]

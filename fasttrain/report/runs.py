@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import ConfigError, from_dict, read_toml, to_dict
-from fasttrain.engine.metrics_log import read_metrics
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import read_metrics
+from fasttrain.rundir import RunDir
 
 FINISHED, FAILED, INCOMPLETE, RUNNING, NOT_RUN, UNREADABLE = (
     "finished", "failed", "incomplete", "running", "not run", "unreadable")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
 
 RUNS_FAILED_EXIT = 1

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import Config, ConfigError, from_dict, load_config, read_toml, to_dict
-from fasttrain.engine.batch_plan import split_batch
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.engine.optim import split_batch
+from fasttrain.rundir import RunDir
 from fasttrain.errors import UserError, did_you_mean
 from fasttrain.study.suite import RunSpec, Suite, SuiteError
 
@@ -48,7 +48,7 @@ def run_overrides(suite: Suite, spec: RunSpec, *, quick: bool, extra: tuple[str,
 
 def check_model(cfg: Config, where: str) -> None:
     """The trainer's own model check (meta device, one batch of the data's image size), naming the run."""
-    from fasttrain.engine.model_setup import check_model_config
+    from fasttrain.engine.runtime import check_model_config
 
     num_classes = cfg.data.synth_classes if cfg.data.source == "synthetic" else _TINY_IMAGENET_CLASSES
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fasttrain.engine.run_dir import RunDir
+from fasttrain.rundir import RunDir
 from fasttrain.study.plan import PlannedRun, child_environment, local_command
 from fasttrain.suite_manifest import log_path, shell_line, write_manifest
 

@@ -17,9 +17,9 @@ def bf16_matmul_peak_flops(device: torch.device, *, size: int = 8192, repeats: i
 
 
 def datasheet_peak(device: torch.device) -> dict | None:
-    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU (fasttrain.engine.hardware's table),
+    """{"name", "flops"}: the vendor's dense bf16 peak of the detected GPU (fasttrain.engine.metrics' table),
     or None (CPU, or a GPU the table lacks)."""
-    from fasttrain.engine.hardware import device_peak_tflops
+    from fasttrain.engine.metrics import device_peak_tflops
 
     tflops, name = device_peak_tflops(device)
     return {"name": name, "flops": tflops * 1e12} if tflops else None

@@ -87,6 +87,6 @@ def apply_backend_settings(device: torch.device) -> None:
     """The backend flags (TF32, cudnn.benchmark) the Trainer sets with its default [train] values: every side of a
     comparison runs under them, so a model-only figure is not timed under other settings."""
     from fasttrain.config import TrainConfig
-    from fasttrain.engine.precision import configure_backends
+    from fasttrain.engine.runtime import configure_backends
 
     configure_backends(TrainConfig(), torch.device(device))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fasttrain.engine.precision import resolve_amp
+from fasttrain.engine.runtime import resolve_amp
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class SyntheticTrainStep:
                     "compile": {"mode": "default" if settings.compile else "off"}}
         self._run_dir = tempfile.TemporaryDirectory(prefix="kernels_bench_step_")
         self.trainer = build_trainer(sections, Path(self._run_dir.name) / "run", str(device))
-        self.trainer.forward.train()
+        self.trainer.train_module.train()
         self.model = self.trainer.model
         memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         generator = torch.Generator().manual_seed(seed)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fasttrain.config import Config, from_dict, validate
-from fasttrain.engine.data_setup import open_dataset
+from fasttrain.engine.launch import open_dataset
 from fasttrain.engine.distributed import DistInfo
 from fasttrain.engine.trainer import Trainer
 

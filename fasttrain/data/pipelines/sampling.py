@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fasttrain.engine.batch_plan import whole_batches
 
 # Separate seed domains so the permutation, the fast backends' batch parameters and the reference
 # backend's per-sample seeds never share a random stream.
@@ -23,6 +22,11 @@ _UINT64 = (1 << 64) - 1
 
 def _seed_words(*values: int) -> list[int]:
     return [int(v) & _UINT64 for v in values]
+
+
+def whole_batches(num_items: int, global_batch: int) -> int:
+    """Batches of `global_batch` items in `num_items`; the last partial one is dropped (fixed shapes)."""
+    return num_items // global_batch
 
 
 def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:

@@ -1,0 +1,117 @@
+"""How the model runs here: built from [model], precision (`train.amp`), TF32/cuDNN switches, the compile
+choice, and the training forward in the fixed order channels_last → torch.compile → DDP."""
+
+from __future__ import annotations
+
+import torch
+
+from fasttrain.config import Config, TrainConfig
+from fasttrain.errors import UserError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---- the configured model ----
+def model_knobs_for(cfg: Config) -> dict:
+    """The knobs the user set; a model that takes `img_size` gets data.image_size unless set."""
+    from fasttrain.models import model_knobs
+
+    knobs = cfg.model.knobs()
+    if "img_size" in model_knobs(cfg.model.name) and "img_size" not in knobs:
+        knobs["img_size"] = cfg.data.image_size
+    return knobs
+
+
+def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+    from fasttrain.models import create_model
+
+    return create_model(cfg.model.name, num_classes=num_classes, **model_knobs_for(cfg))
+
+
+def check_model_config(cfg: Config, num_classes: int = 2) -> None:
+    """Build the configured model on the meta device and pass one batch of the data's image size through it.
+
+    Names, knobs, knob values and shapes the knobs make impossible (e.g. zero channels) are caught before any
+    data work or memory use (~0.1 s even for ResNet-50).
+    """
+    size = cfg.data.image_size
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(2, 3, size, size, device="meta"))
+    except UserError:
+        raise
+    except Exception as err:
+        knobs = ", ".join(f"{k}={v!r}" for k, v in cfg.model.knobs().items()) or "default knobs"
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(
+            f"model {cfg.model.name} ({knobs}) fails on {size}×{size} images: {type(err).__name__}: {first}; "
+            f"change its [model] knobs"
+        ) from None
+
+
+# ---- numerics ----
+def cpu_has_fast_bf16() -> bool:
+    """oneDNN has native bf16 kernels (AVX512-BF16/AMX); without them bf16 autocast is emulated, 7-14× slower."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_amp(requested: str, device: torch.device) -> str:
+    """"auto": bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16, else off."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_fast_bf16() else "off"
+
+
+def autocast(amp: str, device: torch.device):
+    """The autocast context of a resolved amp setting ("bf16", "fp16" or "off")."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off")
+
+
+def configure_backends(train: TrainConfig, device: torch.device) -> None:
+    """TF32, cuDNN autotuning and deterministic algorithms as [train] asks; benchmarks call it too, so both
+    sides of a comparison run under the same settings."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = train.tf32
+        torch.backends.cudnn.allow_tf32 = train.tf32
+        torch.backends.cudnn.benchmark = not train.deterministic
+    if train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+
+
+# ---- compilation and the training forward ----
+def resolve_compile(requested: str, device: torch.device) -> tuple[str, str]:
+    """(mode, why): mode is "off", "default" or "max-autotune"; `why` is the line the trainer logs."""
+    if requested != "auto":
+        return requested, f"compile.mode = {requested!r}"
+    if torch.device(device).type == "cuda":
+        return "default", "compile.mode auto: compiled on CUDA (torch.compile's default mode)"
+    return "off", ("compile.mode auto: off on CPU (compiling takes minutes per graph there; "
+                   "set compile.mode = \"default\" to compile anyway)")
+
+
+def compile_kwargs(mode: str) -> dict:
+    """torch.compile's arguments for a resolved mode other than "off"."""
+    return {} if mode == "default" else {"mode": mode}
+
+
+def training_forward(model: torch.nn.Module, cfg: Config, info) -> torch.nn.Module:
+    """The module the training step calls, in the fixed order channels_last → torch.compile → DDP.
+
+    `model` (already on the device) stays the plain module that checkpoints and evaluation use; this is the
+    one place compile is set up (cfg.compile).
+    """
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = model
+    mode, _ = resolve_compile(cfg.compile.mode, info.device)
+    if mode != "off":
+        forward = torch.compile(model, **compile_kwargs(mode))
+    if info.enabled:
+        forward = torch.nn.parallel.DistributedDataParallel(
+            forward, device_ids=[info.device.index] if info.device.type == "cuda" else None
+        )
+    return forward
