@@ -25,7 +25,26 @@ def test_explicit_modes_apply_on_every_device(mode):
 
 
 def test_torch_compile_arguments():
-    assert compile_kwargs("default") == {} and compile_kwargs("max-autotune") == {"mode": "max-autotune"}
+    assert compile_kwargs("default") == {"dynamic": False}
+    assert compile_kwargs("max-autotune") == {"mode": "max-autotune", "dynamic": False}
+
+
+def test_each_progressive_size_gets_a_static_graph():
+    """Three train sizes compile to three graphs without symbolic sizes (the default would turn the second dynamic)."""
+    dynamic_graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        values = [node.meta.get("example_value") for node in graph_module.graph.nodes if node.op == "placeholder"]
+        dims = [d for v in values if v is not None for d in (v.shape if isinstance(v, torch.Tensor) else [v])]
+        dynamic_graphs.append(any(isinstance(d, torch.SymInt) for d in dims))
+        return graph_module.forward
+
+    torch.compiler.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1))
+    compiled = torch.compile(model, backend=recording_backend, **compile_kwargs("default"))
+    for size in (16, 24, 32):
+        compiled(torch.randn(2, 3, size, size))
+    assert dynamic_graphs == [False, False, False]
 
 
 def test_unknown_mode_is_a_config_error():
