@@ -14,16 +14,12 @@ import torch.nn.functional as F
 
 from fasttrain.config import OptimConfig, SchedConfig
 from fasttrain.data.pipelines.sampling import whole_batches
-from fasttrain.engine.optim import split_batch
-from fasttrain.engine.distributed import DistInfo
-from fasttrain.engine.metrics import datasheet_peak_tflops, mfu_pct
-from fasttrain.engine.metrics import TrainMetrics
-from fasttrain.engine.metrics import MetricsWriter
-from fasttrain.rundir import read_metrics
-from fasttrain.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 from fasttrain.engine.checkpoint import capture_rng, restore_rng
-from fasttrain.rundir import RunDir
+from fasttrain.engine.distributed import DistInfo
+from fasttrain.engine.metrics import MetricsWriter, TrainMetrics, datasheet_peak_tflops, mfu_pct
+from fasttrain.engine.optim import build_optimizer, build_scheduler, lr_factor, param_groups, split_batch
 from fasttrain.engine.trainer import training_loss
+from fasttrain.rundir import RunDir, read_metrics
 
 CPU = torch.device("cpu")
 ONE_RANK = DistInfo(0, 1, 0, CPU)
