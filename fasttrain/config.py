@@ -31,6 +31,7 @@ PositiveNumber = Annotated[float, Range(0.0, min_open=True)]
 NonNegativeNumber = Annotated[float, Range(0.0)]
 Probability = Annotated[float, Range(0.0, 1.0)]
 CropScale = Annotated[float, Range(0.0, 1.0, min_open=True)]
+Fraction = Annotated[float, Range(0.0, 1.0, max_open=True)]
 
 
 @dataclass(frozen=True)
@@ -119,9 +120,10 @@ class OptimConfig:
     lr: PositiveNumber = 0.1
     lr_reference_batch: NonNegativeInt = 0
     """When > 0, the learning rate is lr × batch_size / lr_reference_batch (linear scaling)."""
-    momentum: Annotated[float, Range(0.0, 1.0, max_open=True)] = 0.9
+    momentum: Fraction = 0.9
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam's moment decays, each in [0, 1)."""
     weight_decay: NonNegativeNumber = 5e-4
     decay_norm_and_bias: bool = False
     """Apply weight decay to norm weights and biases too (off: the usual modern choice)."""
@@ -153,7 +155,7 @@ class TrainConfig:
     tf32: bool = True
     deterministic: bool = False
     """Deterministic algorithms (bit-identical reruns on CPU; slower on GPU)."""
-    label_smoothing: Annotated[float, Range(0.0, 1.0, max_open=True)] = 0.0
+    label_smoothing: Fraction = 0.0
     mixup: NonNegativeNumber = 0.0
     """Mixup alpha (0 = off)."""
     cutmix: NonNegativeNumber = 0.0

@@ -153,6 +153,7 @@ REFUSED = [
     ("train", "max_steps", "-1"), ("train", "eval_every_epochs", "0"),
     ("optim", "lr", "0.0"), ("optim", "lr", "-0.1"), ("optim", "weight_decay", "-1e-4"),
     ("optim", "momentum", "1.0"), ("optim", "momentum", "-0.1"), ("optim", "lr_reference_batch", "-1"),
+    ("optim", "betas", "[1.0, 0.999]"), ("optim", "betas", "[0.9, -0.1]"),  # refused by torch's Adam only once training starts
     ("sched", "warmup_epochs", "-1.0"), ("sched", "warmup_epochs", "10.0"),  # not shorter than the 10 default epochs
     ("sched", "min_lr", "-0.1"), ("sched", "gamma", "0.0"), ("sched", "gamma", "1.5"),
     ("sched", "milestones", "[5, 3]"), ("sched", "milestones", "[3, 3]"),
@@ -195,7 +196,7 @@ ACCEPTED = [
     ("train", "label_smoothing", "0.0"), ("train", "mixup", "0.0"), ("train", "mix_prob", "0.0"),
     ("train", "mix_prob", "1.0"), ("train", "ema_decay", "0.5"), ("train", "grad_clip", "0.0"), ("train", "max_steps", "0"),
     ("train", "eval_every_epochs", "1"), ("optim", "lr", "1e-9"), ("optim", "weight_decay", "0.0"),
-    ("optim", "momentum", "0.0"), ("optim", "lr_reference_batch", "0"), ("sched", "warmup_epochs", "9.5"),
+    ("optim", "momentum", "0.0"), ("optim", "lr_reference_batch", "0"), ("optim", "betas", "[0.0, 0.0]"), ("sched", "warmup_epochs", "9.5"),
     ("sched", "min_lr", "0.0"), ("sched", "gamma", "1.0"), ("sched", "milestones", "[]"), ("log", "every_steps", "1"),
     ("ckpt", "every_epochs", "0"), ("ckpt", "every_steps", "0"), ("ckpt", "keep", "1"), ("dist", "timeout_s", "1"),
 ]
