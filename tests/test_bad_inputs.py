@@ -160,7 +160,7 @@ ROWS = {
     "unknown-key-nearest-match": Row(lambda s: cfg(s, s.toml("[train]\nepoch = 3\n")), 2,
                                      "unknown key 'epoch' in [train]; did you mean 'epochs'?"),
     "wrong-type": Row(lambda s: cfg(s, s.toml('[train]\nepochs = "three"\n')), 2,
-                      "[train] epochs must be an integer, got str 'three'"),
+                      "[train] epochs must be an integer >= 1, got str 'three'"),
     "section-given-a-value": Row(lambda s: cfg(s, s.toml("train = 3\n")), 2, "'train' must be a section"),
     "choice-typo": Row(lambda s: fresh(s, "train.amp=bf61"), 2, "did you mean 'bf16'?"),
     "negative-lr": Row(lambda s: fresh(s, "optim.lr=-0.1"), 2, "[optim] lr must be a number > 0, got -0.1"),
