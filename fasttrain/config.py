@@ -7,7 +7,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,12 +17,21 @@ else:  # pragma: no cover - Python 3.10
 from fasttrain.augment_rules import validate_augmentation
 from fasttrain.errors import did_you_mean
 from fasttrain.models.registry import check_knobs
-from fasttrain.schema import ConfigError, build_dataclass, coerce  # noqa: F401  ConfigError, coerce: this module's API too
+from fasttrain.schema import ConfigError, Range, build_dataclass, coerce  # noqa: F401  ConfigError, coerce: this module's API too
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything near this is a mistake or an attack
 
 STUDY_MEAN = (0.4802, 0.4481, 0.3975)
 STUDY_STD = (0.2302, 0.2265, 0.2262)
+
+# Bounds used by many fields; `coerce` refuses a value outside them when the config is read.
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveNumber = Annotated[float, Range(0.0, min_open=True)]
+NonNegativeNumber = Annotated[float, Range(0.0)]
+Probability = Annotated[float, Range(0.0, 1.0)]
+CropScale = Annotated[float, Range(0.0, 1.0, min_open=True)]
+Fraction = Annotated[float, Range(0.0, 1.0, max_open=True)]
 
 
 @dataclass(frozen=True)
@@ -35,14 +44,14 @@ class DataConfig:
     """Decoded uint8 cache; empty means `<root>/process` (the study's convention)."""
     download: bool = False
     """Download Tiny-ImageNet into `root` when it is missing."""
-    image_size: int = 64
-    val_ratio: float = 0.2
+    image_size: Annotated[int, Range(8)] = 64
+    val_ratio: Annotated[float, Range(0.0, 1.0, min_open=True, max_open=True)] = 0.2
     """Share of each class's train images held out as the val split."""
     split_seed: int = 0
-    prepare_workers: int = 0
+    prepare_workers: NonNegativeInt = 0
     """Decode processes for prepare; 0 means all cores."""
-    synth_classes: int = 10
-    synth_per_class: int = 500
+    synth_classes: Annotated[int, Range(2)] = 10
+    synth_per_class: Annotated[int, Range(2)] = 500
     synth_val_per_class: int = 50
     backend: Literal["auto", "dali", "torch", "reference"] = "auto"
     """Input pipeline; "auto" picks the fastest measured for the device (see README)."""
@@ -63,15 +72,17 @@ class DataConfig:
     """Progressive resizing: first epoch at full image_size."""
     progressive_step: int = 8
     """Progressive resizing: sizes are multiples of this, so a compiled model sees only a few shapes."""
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    pad: int = 4
+    crop_scale: tuple[CropScale, CropScale] = (0.08, 1.0)
+    """RandomResizedCrop's [min, max] share of the image area (min <= max)."""
+    crop_ratio: tuple[PositiveNumber, PositiveNumber] = (3 / 4, 4 / 3)
+    """RandomResizedCrop's [min, max] aspect ratio (min <= max)."""
+    pad: NonNegativeInt = 4
     """Padding for augment = "pad_crop"."""
-    hflip: float = 0.5
+    hflip: Probability = 0.5
     """Probability of a horizontal flip in training."""
     mean: tuple[float, float, float] = STUDY_MEAN
-    std: tuple[float, float, float] = STUDY_STD
-    loader_workers: int = 2
+    std: tuple[PositiveNumber, PositiveNumber, PositiveNumber] = STUDY_STD
+    loader_workers: NonNegativeInt = 2
     """DataLoader worker processes of the reference pipeline."""
     output_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device_memory_cap_gb: float = 8.0
@@ -106,13 +117,14 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.1
-    lr_reference_batch: int = 0
+    lr: PositiveNumber = 0.1
+    lr_reference_batch: NonNegativeInt = 0
     """When > 0, the learning rate is lr × batch_size / lr_reference_batch (linear scaling)."""
-    momentum: float = 0.9
+    momentum: Fraction = 0.9
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 5e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    """Adam's moment decays, each in [0, 1)."""
+    weight_decay: NonNegativeNumber = 5e-4
     decay_norm_and_bias: bool = False
     """Apply weight decay to norm weights and biases too (off: the usual modern choice)."""
 
@@ -121,18 +133,19 @@ class OptimConfig:
 class SchedConfig:
     name: Literal["cosine", "step", "constant", "linear"] = "cosine"
     """"linear": after warm-up, straight down to min_lr at the last step (budgeted training)."""
-    warmup_epochs: float = 0.0
+    warmup_epochs: NonNegativeNumber = 0.0
+    """Shorter than train.epochs (0 = no warm-up)."""
     warmup_start_factor: float = 0.01
-    min_lr: float = 0.0
+    min_lr: NonNegativeNumber = 0.0
     milestones: list[int] = field(default_factory=list)
-    """Epochs at which the step schedule multiplies the lr by gamma."""
-    gamma: float = 0.1
+    """Epochs at which the step schedule multiplies the lr by gamma (increasing; at least one for name = "step")."""
+    gamma: Annotated[float, Range(0.0, 1.0, min_open=True)] = 0.1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = 256
     """The global batch: each of N ranks takes batch_size / N."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -142,21 +155,21 @@ class TrainConfig:
     tf32: bool = True
     deterministic: bool = False
     """Deterministic algorithms (bit-identical reruns on CPU; slower on GPU)."""
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
+    label_smoothing: Fraction = 0.0
+    mixup: NonNegativeNumber = 0.0
     """Mixup alpha (0 = off)."""
-    cutmix: float = 0.0
+    cutmix: NonNegativeNumber = 0.0
     """CutMix alpha (0 = off)."""
-    mix_prob: float = 1.0
+    mix_prob: Probability = 1.0
     ema: bool = False
-    ema_decay: float = 0.9998
-    grad_clip: float = 0.0
+    ema_decay: Annotated[float, Range(0.0, 1.0, min_open=True, max_open=True)] = 0.9998
+    grad_clip: NonNegativeNumber = 0.0
     """Clip the global grad norm to this value (0 = off)."""
-    grad_accum: int = 1
-    """Micro-batches per optimizer step; the global batch is split across them."""
-    max_steps: int = 0
+    grad_accum: PositiveInt = 1
+    """Micro-batches per optimizer step; the global batch is split across them (so it must divide batch_size)."""
+    max_steps: NonNegativeInt = 0
     """Stop after this many optimizer steps (0 = run all epochs); for smoke tests and benchmarks."""
-    eval_every_epochs: int = 1
+    eval_every_epochs: PositiveInt = 1
 
 
 @dataclass(frozen=True)
@@ -170,12 +183,12 @@ class CompileConfig:
 class DistConfig:
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """"auto": NCCL on GPU, gloo on CPU."""
-    timeout_s: int = 1800
+    timeout_s: PositiveInt = 1800
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    every_steps: int = 50
+    every_steps: PositiveInt = 50
     """Host sync, metrics.jsonl line and TensorBoard scalars every this many steps."""
     tensorboard: bool = True
     progress: bool = True
@@ -184,10 +197,10 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class CkptConfig:
-    every_epochs: int = 1
-    every_steps: int = 0
+    every_epochs: NonNegativeInt = 1
+    every_steps: NonNegativeInt = 0
     """Also save every this many optimizer steps (0 = off)."""
-    keep: int = 3
+    keep: PositiveInt = 3
     """How many of the latest checkpoints to keep."""
 
 
@@ -313,52 +326,21 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
 
 
 def validate(cfg: Config, where: str = "config") -> None:
-    """Cross-field and range rules; never mutates the config."""
+    """Rules between fields (each field's own type and range are checked when it is read); never mutates the config."""
 
     def need(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(f"{where}: [{key.split('.')[0]}] {key.split('.', 1)[1]} {msg}")
 
     d, t, o, s = cfg.data, cfg.train, cfg.optim, cfg.sched
-    need(0.0 < d.val_ratio < 1.0, "data.val_ratio", f"must be between 0 and 1 (exclusive), got {d.val_ratio}")
-    need(d.image_size >= 8, "data.image_size", f"must be at least 8, got {d.image_size}")
-    need(0 < d.crop_scale[0] <= d.crop_scale[1] <= 1.0, "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {list(d.crop_scale)}")
-    need(0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio", f"must be [min, max] with 0 < min <= max, got {list(d.crop_ratio)}")
-    need(0.0 <= d.hflip <= 1.0, "data.hflip", f"must be a probability in [0, 1], got {d.hflip}")
-    need(all(x > 0 for x in d.std), "data.std", f"must be positive, got {list(d.std)}")
-    need(d.pad >= 0, "data.pad", f"must be >= 0, got {d.pad}")
-    need(d.synth_classes >= 2, "data.synth_classes", f"must be at least 2, got {d.synth_classes}")
-    need(d.synth_per_class >= 2, "data.synth_per_class", f"must be at least 2, got {d.synth_per_class}")
-    need(d.loader_workers >= 0, "data.loader_workers", f"must be >= 0, got {d.loader_workers}")
-    need(d.prepare_workers >= 0, "data.prepare_workers", f"must be >= 0, got {d.prepare_workers}")
+    need(d.crop_scale[0] <= d.crop_scale[1], "data.crop_scale", f"must be [min, max] with min <= max, got {list(d.crop_scale)}")
+    need(d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio", f"must be [min, max] with min <= max, got {list(d.crop_ratio)}")
     validate_augmentation(d, t.epochs, cfg.model.name, need)
-    need(t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}")
-    need(t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}")
-    need(t.grad_accum >= 1, "train.grad_accum", f"must be at least 1, got {t.grad_accum}")
     need(t.batch_size % t.grad_accum == 0, "train.grad_accum", f"({t.grad_accum}) must divide train.batch_size ({t.batch_size})")
-    need(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
-    need(t.mixup >= 0 and t.cutmix >= 0, "train.mixup", "and train.cutmix must be >= 0")
-    need(0.0 <= t.mix_prob <= 1.0, "train.mix_prob", f"must be in [0, 1], got {t.mix_prob}")
-    need(0.0 < t.ema_decay < 1.0, "train.ema_decay", f"must be in (0, 1), got {t.ema_decay}")
-    need(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
-    need(t.max_steps >= 0, "train.max_steps", f"must be >= 0, got {t.max_steps}")
-    need(t.eval_every_epochs >= 1, "train.eval_every_epochs", f"must be at least 1, got {t.eval_every_epochs}")
-    need(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
-    need(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
-    need(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum}")
-    need(o.lr_reference_batch >= 0, "optim.lr_reference_batch", f"must be >= 0, got {o.lr_reference_batch}")
     need(not (o.nesterov and o.name != "sgd"), "optim.nesterov", "applies to optim.name = \"sgd\" only")
-    need(s.warmup_epochs >= 0, "sched.warmup_epochs", f"must be >= 0, got {s.warmup_epochs}")
     need(s.warmup_epochs < t.epochs or s.warmup_epochs == 0, "sched.warmup_epochs", f"({s.warmup_epochs}) must be shorter than train.epochs ({t.epochs})")
-    need(s.min_lr >= 0, "sched.min_lr", f"must be >= 0, got {s.min_lr}")
-    need(0 < s.gamma <= 1, "sched.gamma", f"must be in (0, 1], got {s.gamma}")
     need(list(s.milestones) == sorted(set(s.milestones)), "sched.milestones", f"must be increasing, got {list(s.milestones)}")
     need(s.name != "step" or len(s.milestones) > 0, "sched.milestones", "must list at least one epoch when sched.name = \"step\"")
-    need(cfg.log.every_steps >= 1, "log.every_steps", f"must be at least 1, got {cfg.log.every_steps}")
-    need(cfg.ckpt.every_epochs >= 0, "ckpt.every_epochs", f"must be >= 0, got {cfg.ckpt.every_epochs}")
-    need(cfg.ckpt.every_steps >= 0, "ckpt.every_steps", f"must be >= 0, got {cfg.ckpt.every_steps}")
-    need(cfg.ckpt.keep >= 1, "ckpt.keep", f"must be at least 1, got {cfg.ckpt.keep}")
-    need(cfg.dist.timeout_s >= 1, "dist.timeout_s", f"must be at least 1, got {cfg.dist.timeout_s}")
 
 
 def _toml_value(v: Any) -> str:

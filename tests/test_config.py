@@ -54,9 +54,9 @@ def test_config_files_hold_only_differences():
     ("[train]\nepoch = 1\n", "unknown key 'epoch' in [train]; did you mean 'epochs'?"),
     ("[train]\nepochs = \"three\"\n", "[train] epochs must be an integer"),
     ("[train]\namp = \"bf17\"\n", "[train] amp must be one of 'auto', 'bf16', 'fp16', 'off'"),
-    ("[optim]\nlr = -0.1\n", "[optim] lr must be positive"),
-    ("[train]\nbatch_size = 0\n", "[train] batch_size must be at least 1"),
-    ("[data]\nval_ratio = 1.0\n", "[data] val_ratio must be between 0 and 1"),
+    ("[optim]\nlr = -0.1\n", "[optim] lr must be a number > 0, got -0.1"),
+    ("[train]\nbatch_size = 0\n", "[train] batch_size must be an integer >= 1, got 0"),
+    ("[data]\nval_ratio = 1.0\n", "[data] val_ratio must be a number in (0, 1), got 1.0"),
     ("[train]\nepochs = 2\n[train]\nepochs = 3\n", "TOML syntax error"),
     ("[train\nepochs = 2\n", "line 1"),
     ("train = 3\n", "'train' must be a section"),
@@ -131,3 +131,80 @@ def test_cli_print_config_and_bad_override_exit_codes():
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "did you mean 'epochs'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# Out-of-range values per section, each given as a --set override on an empty config file. Written
+# before the ranges moved from validate() onto the dataclass fields: every value here was refused then
+# and must stay refused, as one line naming the file, the section and the key.
+REFUSED = [
+    ("data", "val_ratio", "0.0"), ("data", "val_ratio", "1.0"), ("data", "val_ratio", "-0.1"),
+    ("data", "image_size", "7"), ("data", "image_size", "0"),
+    ("data", "crop_scale", "[0.0, 1.0]"), ("data", "crop_scale", "[0.5, 1.1]"), ("data", "crop_scale", "[0.6, 0.5]"),
+    ("data", "crop_ratio", "[0.0, 1.0]"), ("data", "crop_ratio", "[2.0, 1.0]"),
+    ("data", "hflip", "-0.1"), ("data", "hflip", "1.5"),
+    ("data", "std", "[0.2, 0.0, 0.2]"), ("data", "std", "[-0.2, 0.2, 0.2]"),
+    ("data", "pad", "-1"), ("data", "synth_classes", "1"), ("data", "synth_per_class", "1"),
+    ("data", "loader_workers", "-1"), ("data", "prepare_workers", "-1"),
+    ("train", "epochs", "0"), ("train", "epochs", "-3"), ("train", "batch_size", "0"), ("train", "grad_accum", "0"),
+    ("train", "grad_accum", "3"),  # does not divide the default batch of 256
+    ("train", "label_smoothing", "1.0"), ("train", "label_smoothing", "-0.1"),
+    ("train", "mixup", "-1.0"), ("train", "cutmix", "-0.5"), ("train", "mix_prob", "1.5"), ("train", "mix_prob", "-0.1"),
+    ("train", "ema_decay", "0.0"), ("train", "ema_decay", "1.0"), ("train", "grad_clip", "-1.0"),
+    ("train", "max_steps", "-1"), ("train", "eval_every_epochs", "0"),
+    ("optim", "lr", "0.0"), ("optim", "lr", "-0.1"), ("optim", "weight_decay", "-1e-4"),
+    ("optim", "momentum", "1.0"), ("optim", "momentum", "-0.1"), ("optim", "lr_reference_batch", "-1"),
+    ("optim", "betas", "[1.0, 0.999]"), ("optim", "betas", "[0.9, -0.1]"),  # refused by torch's Adam only once training starts
+    ("sched", "warmup_epochs", "-1.0"), ("sched", "warmup_epochs", "10.0"),  # not shorter than the 10 default epochs
+    ("sched", "min_lr", "-0.1"), ("sched", "gamma", "0.0"), ("sched", "gamma", "1.5"),
+    ("sched", "milestones", "[5, 3]"), ("sched", "milestones", "[3, 3]"),
+    ("log", "every_steps", "0"), ("ckpt", "every_epochs", "-1"), ("ckpt", "every_steps", "-1"), ("ckpt", "keep", "0"),
+    ("dist", "timeout_s", "0"),
+]
+
+
+@pytest.mark.parametrize("section, key, value", REFUSED, ids=lambda v: str(v))
+def test_out_of_range_values_are_refused_naming_file_section_and_key(tmp_path, section, key, value):
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [f"{section}.{key}={value}"])
+    message = str(err.value)
+    assert message.startswith(f"{path}: [{section}] ") and key in message and "\n" not in message
+
+
+def test_cross_field_combinations_are_refused(tmp_path):
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    for overrides, fragment in [
+        (["optim.name=adam", "optim.nesterov=true"], "[optim] nesterov applies to optim.name = \"sgd\" only"),
+        (["sched.name=step"], "[sched] milestones must list at least one epoch when sched.name = \"step\""),
+        (["train.epochs=4", "sched.warmup_epochs=4"], "[sched] warmup_epochs (4.0) must be shorter than train.epochs (4)"),
+        (["train.batch_size=10", "train.grad_accum=4"], "[train] grad_accum (4) must divide train.batch_size (10)"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(path, overrides)
+        assert str(err.value) == f"{path}: {fragment}"
+
+
+# The edges of each range that are allowed: a closed bound accepts the bound itself.
+ACCEPTED = [
+    ("data", "val_ratio", "0.999"), ("data", "image_size", "8"), ("data", "crop_scale", "[1.0, 1.0]"),
+    ("data", "crop_scale", "[0.001, 0.001]"), ("data", "crop_ratio", "[5.0, 5.0]"), ("data", "hflip", "0.0"),
+    ("data", "hflip", "1.0"), ("data", "pad", "0"), ("data", "synth_classes", "2"), ("data", "synth_per_class", "2"),
+    ("data", "loader_workers", "0"), ("data", "prepare_workers", "0"),
+    ("train", "epochs", "1"), ("train", "batch_size", "1"), ("train", "grad_accum", "256"),
+    ("train", "label_smoothing", "0.0"), ("train", "mixup", "0.0"), ("train", "mix_prob", "0.0"),
+    ("train", "mix_prob", "1.0"), ("train", "ema_decay", "0.5"), ("train", "grad_clip", "0.0"), ("train", "max_steps", "0"),
+    ("train", "eval_every_epochs", "1"), ("optim", "lr", "1e-9"), ("optim", "weight_decay", "0.0"),
+    ("optim", "momentum", "0.0"), ("optim", "lr_reference_batch", "0"), ("optim", "betas", "[0.0, 0.0]"), ("sched", "warmup_epochs", "9.5"),
+    ("sched", "min_lr", "0.0"), ("sched", "gamma", "1.0"), ("sched", "milestones", "[]"), ("log", "every_steps", "1"),
+    ("ckpt", "every_epochs", "0"), ("ckpt", "every_steps", "0"), ("ckpt", "keep", "1"), ("dist", "timeout_s", "1"),
+]
+
+
+@pytest.mark.parametrize("section, key, value", ACCEPTED, ids=lambda v: str(v))
+def test_values_at_the_edge_of_a_range_are_accepted(tmp_path, section, key, value):
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    cfg = load_config(path, [f"{section}.{key}={value}"])
+    assert to_dict(cfg)[section][key] == parse_override(f"{section}.{key}={value}")[2]

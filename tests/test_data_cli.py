@@ -100,17 +100,48 @@ def test_root_that_is_not_a_data_set(tmp_path, capsys, source):
     assert not (tmp_path / "nowhere").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--val-ratio", "1.5"], "val_ratio"),
-    (["--val-ratio", "abc"], "--val-ratio"),
-    (["--workers", "0"], "workers"),
-    (["--image-size", "3"], "image_size"),
-    (["--seed", "-1"], "seed"),
+@pytest.mark.parametrize("argv, needles", [
+    (["--val-ratio", "1.5"], ["val_ratio", "[0, 1)", "got 1.5"]),
+    (["--val-ratio", "-0.1"], ["val_ratio", "[0, 1)", "got -0.1"]),
+    (["--val-ratio", "abc"], ["--val-ratio"]),
+    (["--workers", "0"], ["workers", "all cores", "got 0"]),
+    (["--workers", "-2"], ["workers", "all cores", "got -2"]),
+    (["--image-size", "3"], ["image_size", "[8, 1024]", "got 3"]),
+    (["--image-size", "1025"], ["image_size", "[8, 1024]", "got 1025"]),
+    (["--seed", "-1"], ["seed", "got -1"]),
 ])
-def test_bad_prepare_arguments(tin, capsys, argv, needle):
+def test_bad_prepare_arguments(tin, capsys, argv, needles):
     status, _, err = run(prepare_args(tin, *argv), capsys)
-    assert_one_line_error(status, err, needle)
+    assert_one_line_error(status, err, *needles)
     assert_no_cache(tin)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("image_size", 7), ("image_size", 1025), ("image_size", 32.0), ("image_size", True), ("image_size", "32"),
+    ("val_ratio", 1.0), ("val_ratio", -0.01), ("val_ratio", None),
+    ("seed", -1), ("seed", 0.5), ("seed", False),
+    ("workers", 0), ("workers", 2.0), ("workers", True),
+])
+def test_prepare_cache_refuses_bad_parameters_before_reading_anything(tmp_path, name, value):
+    from fasttrain.data.prepare import prepare_cache
+    from fasttrain.errors import UserError
+
+    args = {"image_size": 32, "val_ratio": 0.2, "seed": 0, "workers": 1, name: value}
+    with pytest.raises(UserError) as err:
+        prepare_cache("tiny-imagenet", tmp_path / "nowhere", **args)  # the root is never looked at
+    assert str(err.value).startswith(f"{name} ") and repr(value) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_prepare_cache_accepts_numpy_integers_and_range_edges(pristine_tin, tmp_path):
+    import numpy as np
+
+    from fasttrain.data.cache import open_cache
+    from fasttrain.data.prepare import prepare_cache
+
+    path = prepare_cache("tiny-imagenet", pristine_tin, cache_dir=tmp_path / "cache", image_size=np.int64(8),
+                         val_ratio=np.float32(0.0), seed=np.int32(0), workers=np.int64(1))
+    cache = open_cache(path)
+    assert (cache.image_size, cache.splits, cache.meta["split"]["val_ratio"]) == (8, ("train", "test"), 0.0)
 
 
 def test_bad_command_lines(tmp_path, capsys):

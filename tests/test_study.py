@@ -104,7 +104,7 @@ def study(argv: list[str]) -> int:
 
 @pytest.mark.parametrize("overrides, expected", [
     (["train.epoch=3"], "unknown key 'epoch' in [train]; did you mean 'epochs'?"),
-    (["train.epochs=0"], "epochs must be at least 1"),
+    (["train.epochs=0"], "[train] epochs must be an integer >= 1, got 0"),
     (["trian.epochs=3"], "unknown section [trian]"),
     (["model.cardinality=4"], "has no knob 'cardinality'"),  # resnet18 has no groups
     (["model.name=t2t_vit_t_14", "model.width=0.5"], "has no knob 'width'"),

@@ -135,7 +135,7 @@ def test_quickstart_three_steps_eager(tmp_path):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--set", "train.batch_size=0"], "[train] batch_size must be at least 1"),
+    (["--set", "train.batch_size=0"], "[train] batch_size must be an integer >= 1, got 0"),
     (["--set", "model.name=resnet19"], "resnet19"),
     (["--set", "model.cardinality=8"], "cardinality"),
     (["--set", "train.device=cuda"], "no CUDA device"),

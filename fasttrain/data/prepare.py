@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from tqdm import tqdm
@@ -20,10 +21,11 @@ from fasttrain.data.cache import (FORMAT_VERSION, CacheError, describe_file, ima
                                   labels_name, open_cache, publish, read_npy_header, remove_leftovers, temp_dir_for)
 from fasttrain.data.decode import DecodeError, decode_file, quiet_opencv
 from fasttrain.data.sources import SourceListing, open_source
-from fasttrain.data.splits import check_val_ratio, stratified_split
+from fasttrain.data.splits import stratified_split
 from fasttrain.atomic import exclusive_lock
 from fasttrain.config import DataConfig
 from fasttrain.errors import UserError
+from fasttrain.schema import Range, coerce
 
 log = logging.getLogger("fasttrain.data")
 
@@ -55,16 +57,17 @@ def default_cache_dir(root: str | os.PathLike) -> Path:
 
 
 def _check_params(image_size, val_ratio, seed, workers) -> tuple[int, float, int, int | None]:
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or not 8 <= image_size <= 1024:
-        raise UserError(f"image_size must be an integer pixel size in [8, 1024] (e.g. 64), got {image_size!r}")
-    val_ratio = check_val_ratio(val_ratio)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-    if workers is None:
-        return int(image_size), val_ratio, int(seed), None
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise UserError(f"workers must be a positive integer (or omitted for all cores), got {workers!r}")
-    return int(image_size), val_ratio, int(seed), int(workers)
+    """The prepare parameters in plain Python types, each checked against its schema type and Range."""
+
+    def check(value, annotation, name):
+        return coerce(value.item() if isinstance(value, np.generic) else value, annotation, name)
+
+    image_size = check(image_size, Annotated[int, Range(8, 1024)], "image_size")
+    val_ratio = check(val_ratio, Annotated[float, Range(0.0, 1.0, max_open=True)], "val_ratio")
+    seed = check(seed, Annotated[int, Range(0)], "seed")
+    if workers is not None:
+        workers = check(workers, Annotated[int, Range(1)], "workers (omit it for all cores)")
+    return image_size, val_ratio, seed, workers
 
 
 # --- decoding: each worker writes its rows straight into the split's .npy file ------------------
