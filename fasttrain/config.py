@@ -135,7 +135,7 @@ class SchedConfig:
     """"linear": after warm-up, straight down to min_lr at the last step (budgeted training)."""
     warmup_epochs: NonNegativeNumber = 0.0
     """Shorter than train.epochs (0 = no warm-up)."""
-    warmup_start_factor: float = 0.01
+    warmup_start_factor: Annotated[float, Range(0.0, 1.0)] = 0.01
     min_lr: NonNegativeNumber = 0.0
     milestones: list[int] = field(default_factory=list)
     """Epochs at which the step schedule multiplies the lr by gamma (increasing; at least one for name = "step")."""

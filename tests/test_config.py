@@ -155,7 +155,7 @@ REFUSED = [
     ("optim", "momentum", "1.0"), ("optim", "momentum", "-0.1"), ("optim", "lr_reference_batch", "-1"),
     ("optim", "betas", "[1.0, 0.999]"), ("optim", "betas", "[0.9, -0.1]"),  # refused by torch's Adam only once training starts
     ("sched", "warmup_epochs", "-1.0"), ("sched", "warmup_epochs", "10.0"),  # not shorter than the 10 default epochs
-    ("sched", "min_lr", "-0.1"), ("sched", "gamma", "0.0"), ("sched", "gamma", "1.5"),
+    ("sched", "min_lr", "-0.1"), ("sched", "warmup_start_factor", "-0.5"), ("sched", "warmup_start_factor", "1.5"), ("sched", "gamma", "0.0"), ("sched", "gamma", "1.5"),
     ("sched", "milestones", "[5, 3]"), ("sched", "milestones", "[3, 3]"),
     ("log", "every_steps", "0"), ("ckpt", "every_epochs", "-1"), ("ckpt", "every_steps", "-1"), ("ckpt", "keep", "0"),
     ("dist", "timeout_s", "0"),
