@@ -30,9 +30,10 @@ def manifest_path(out_dir: Path) -> Path:
     return Path(out_dir) / MANIFEST_NAME
 
 
-def log_path(out_dir: Path, run_name: str) -> Path:
-    """Where the runner keeps a run's console output (outside the run directory, which is the trainer's)."""
-    return Path(out_dir) / LOGS_DIR / f"{run_name}.log"
+def log_path(out_dir: Path, run_key: str) -> Path:
+    """Where the runner keeps a run's console output (outside the run directory, which is the trainer's);
+    a repeated run's key NAME/seedN puts its seeds' logs in logs/NAME/."""
+    return Path(out_dir) / LOGS_DIR / f"{run_key}.log"
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
@@ -66,15 +67,15 @@ def build_manifest(suite, planned, *, quick: bool, commands: dict[str, list[str]
         "source": str(suite.path),
         "quick": quick,
         "runs": [
-            {"name": run.name, "dir": run.name, "config": str(run.config_path), "overrides": list(run.overrides),
-             "command": commands[run.name], "resolved": to_dict(run.cfg),
+            {"name": run.name, "key": run.key, "seed": run.seed, "dir": run.key, "config": str(run.config_path),
+             "overrides": list(run.overrides), "command": commands[run.key], "resolved": to_dict(run.cfg),
              "note": suite.run(run.name).note}
             for run in planned
         ],
         "comparisons": [
             {"name": c.name, "title": c.title, "runs": list(c.runs), "note": c.note} for c in suite.comparisons
         ],
-        "attempts": {name: attempts[name] for name in (run.name for run in planned) if name in attempts},
+        "attempts": {key: attempts[key] for key in (run.key for run in planned) if key in attempts},
     }
 
 

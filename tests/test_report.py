@@ -101,9 +101,8 @@ def test_run_dirs_report_table_study_numbers_and_plots(tmp_path):
     assert rows["resnet50_noskip"][col["wall time"]] == "40 s"
     assert rows["vgg19"][col["study top-1"]] == "0.0050"
     assert rows["vgg19"][col["wall time"]] == "2.0 min"
-    # synthetic data and 1/8 width: the study's number is shown but marked not comparable, with the reasons
-    assert rows["resnet18_small"][col["study top-1"]] == "0.5509 †"
-    assert "synthetic data, width=0.125 (resnet18_small)" in text
+    # synthetic data and 1/8 width: not the study's setup, so no study number beside it
+    assert rows["resnet18_small"][col["study top-1"]] == "–"
     assert rows["resnet34_half"][col["status"]] == "**incomplete**: epoch 2/6"
     assert rows["resnet34_half"][col["epochs"]] == "2/6"
     assert rows["resnet34_half"][col["best val top-1"]] == "0.3667 (ep 2)"
@@ -111,20 +110,56 @@ def test_run_dirs_report_table_study_numbers_and_plots(tmp_path):
     assert rows["resnet50_noskip"][col["status"]] == "finished"
 
     curves = tmp_path / "out" / "runs_curves.png"
-    wall = tmp_path / "out" / "runs_wall_time.png"  # vgg19 took 3× longer per epoch
+    wall = tmp_path / "out" / "runs_wall_time.png"
     assert f"]({curves.name})" in text and f"]({wall.name})" in text
     assert_valid_png(curves)
     assert_valid_png(wall)
     assert "No curves yet for: gn (not run)" in text
 
 
-def test_equal_speeds_get_no_wall_time_plot(tmp_path):
+def test_run_dirs_report_has_one_runs_table_and_no_study_column_off_the_studys_setup(tmp_path):
+    """Issue 20 item 14: the runs table was printed twice ("Runs" and "All runs"), and runs on other data got a
+    "study top-1" column."""
     a = make_run(tmp_path / "a", ["model.name=resnet18"], epochs=2, done=2, finished=True)
-    b = make_run(tmp_path / "b", ["model.name=resnet34"], epochs=2, done=2, finished=True)
+    b = make_run(tmp_path / "b", ["model.name=resnet34"], epochs=2, done=2, finished=True, seconds_per_epoch=12.0)
     text = render_runs([a, b], tmp_path / "out").read_text()
+    assert text.count("| run |") == 1
+    assert "study top-1" not in text
     assert (tmp_path / "out" / "runs_curves.png").is_file()
-    assert not (tmp_path / "out" / "runs_wall_time.png").exists()
-    assert "wall_time.png" not in text
+    assert "](runs_wall_time.png)" in text  # val top-1 against training time, for every comparison
+
+
+def test_long_comparison_titles_fit_inside_their_plots(tmp_path, monkeypatch):
+    """Issue 20 item 14: the seed suite's skip-connections title ran off `skip_connections_wall_time.png`."""
+    import fasttrain.report.plots as plots
+
+    outside = []
+    real_save = plots._save
+
+    def checking_save(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        box = fig.bbox
+        texts = list(fig.texts) + [ax.title for ax in fig.axes]
+        for text in texts:
+            extent = text.get_window_extent(renderer)
+            if text.get_text() and (extent.x0 < box.x0 - 1 or extent.x1 > box.x1 + 1 or extent.y1 > box.y1 + 1):
+                outside.append((Path(path).name, text.get_text()))
+        real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", checking_save)
+    title = "Skip connections: ResNet50 with and without, and ResNet34 at a similar size"
+    suite = tmp_path / "s.toml"
+    write_suite(suite, {"resnet50": [], "resnet50_noskip": ["model.name=resnet34"]},
+                {"skip_connections": ["resnet50", "resnet50_noskip"]})
+    suite.write_text(suite.read_text().replace('title = "Comparison skip_connections"', f'title = "{title}"'))
+    out = tmp_path / "suite"
+    assert run_cli(lambda: study_main([str(suite), "--dry-run", "--out", str(out)])) == 0
+    make_run(out / "resnet50", [], epochs=3, done=3, finished=True)
+    make_run(out / "resnet50_noskip", ["model.name=resnet34"], epochs=3, done=3, finished=True, seconds_per_epoch=30.0)
+    render_suite(out, out / "report")
+    assert (out / "report" / "skip_connections_wall_time.png").is_file()
+    assert not outside, f"titles outside their figure: {outside}"
 
 
 def write_suite(path: Path, runs: dict[str, list[str]], comparisons: dict[str, list[str]]) -> Path:

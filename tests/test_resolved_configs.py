@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+if __name__ == "__main__":  # run as a script: this checkout's fasttrain, not an installed one
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from fasttrain.config import load_config, to_dict
 from fasttrain.study.plan import run_overrides
 from fasttrain.study.suite import load_suite

@@ -20,8 +20,12 @@ from fasttrain.engine.evaluate import evaluate_variants, model_variants
 from fasttrain.engine.metrics import MetricsWriter, TrainMetrics, mfu_inputs, progress_bar
 from fasttrain.engine.optim import batch_sizes, build_optimizer, build_scheduler
 from fasttrain.engine.runtime import autocast, build_model, configure_backends, resolve_amp, resolve_compile, training_forward
+from fasttrain.engine.time_to_accuracy import time_to_accuracy
 from fasttrain.models.counting import count_parameters
-from fasttrain.rundir import RunDir
+from fasttrain.rundir import RunDir, read_metrics
+
+# The final evaluation's keys in results.json that also go to TensorBoard (under final/) at the end of a run.
+EVAL_PREFIXES = ("test_", "val_", "ema_", "best_test_")
 
 # ---- targets, loss and EMA ----
 def build_mixup(train: TrainConfig, num_classes: int):
@@ -270,6 +274,10 @@ class Trainer:
         results.update(evaluate_variants(self._variants(with_best=True), self.eval_pipes, self.info, self.amp,
                                          tta=cfg.eval.tta))
         if self.info.is_main:
+            results.update(time_to_accuracy(read_metrics(self.run_dir.path), cfg.train.batch_size))
+            # the final numbers as TensorBoard scalars too (test_top1, test_top5, ...): metrics.jsonl gets a "final" line
+            self.metrics_log.write("final", self.step, {k: v for k, v in results.items() if k.startswith(EVAL_PREFIXES)},
+                                   tb_prefix="final")
             self.metrics_log.close()
             atomic_write_json(self.run_dir.results, results)
         return results

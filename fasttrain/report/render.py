@@ -9,9 +9,10 @@ from pathlib import Path
 
 from fasttrain.atomic import atomic_write_text
 from fasttrain.errors import UserError
-from fasttrain.report.plots import plot_curves, plot_wall_time, run_colours, speeds_differ, with_curves
+from fasttrain.report.plots import plot_curves, plot_time_to_accuracy, run_colours, with_curves
 from fasttrain.report.runs import FAILED, FINISHED, RunRecord, load_run
-from fasttrain.report.table import cell, runs_table
+from fasttrain.report.table import (cell, configurations_table, difference_lines, group_configurations, runs_table,
+                                    time_to_accuracy_table)
 from fasttrain.suite_manifest import read_manifest, shell_line
 
 REPORT_NAME = "REPORT.md"
@@ -24,28 +25,51 @@ class Section:
     title: str
     note: str
     records: list[RunRecord]
+    table: bool = True
+    """Its configurations, differences and time-to-accuracy tables; off where the report's runs table says it all."""
 
 
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "comparison"
 
 
+STATISTICS_NOTE = ("Per configuration: mean ± the half-width of the 95 % Student-t interval of the mean over its "
+                   "finished seeds (scipy.stats.t), sd in brackets; one seed: the value alone, no interval. Differences: "
+                   "each arm against the comparison's first, mean difference with Welch's 95 % interval (t-test for "
+                   "unequal variances, scipy.stats.ttest_ind(equal_var=False)) in brackets; the verdict calls a "
+                   "difference only when its interval excludes zero.")
+TIMING_NOTE = ("Time to accuracy: training seconds on the trainer's clock to the end of the first epoch whose val "
+               "top-1 reaches the level (mean ± interval over the seeds that reached it), compile/warm-up excluded "
+               "and shown apart (the first log window's excess over the median window). The clock includes the val "
+               "evaluations and checkpoints of earlier epochs, not process start-up, the cache or the final test "
+               "evaluation.")
+
+
 def _section_lines(section: Section, out_dir: Path, colours: dict[str, str]) -> list[str]:
     lines = [f"## {section.title}", ""]
     if section.note:
         lines += [section.note, ""]
-    table, footnotes = runs_table(section.records)
-    lines += [table, ""] + [f"{n}\n" for n in footnotes]
+    groups = group_configurations(section.records)
+    if section.table:
+        lines += [configurations_table(groups), ""]
+        if any(len(runs) == 1 for _, runs in groups):
+            lines += ["One seed: the value alone, no interval (list `seeds = [0, 1, 2]` in the suite for intervals).", ""]
+        differences = difference_lines(groups)
+        if differences:
+            lines += differences + [""]
+        timing = time_to_accuracy_table(groups)
+        if timing:
+            lines += ["Time to accuracy (training seconds, compile excluded):", "", timing, ""]
     plotted = with_curves(section.records)
     missing = [r for r in section.records if not r.epochs]
     if plotted:
         stem = _file_stem(section.name)
         curves = plot_curves(plotted, section.title, out_dir / f"{stem}_curves.png", colours)
         lines += [f"![{section.title}: train loss and val top-1 by epoch]({curves.name})", ""]
-        if speeds_differ(plotted):
-            wall = plot_wall_time(plotted, f"{section.title}: val top-1 by wall time", out_dir / f"{stem}_wall_time.png",
-                                  colours)
-            lines += [f"![{section.title}: val top-1 by wall time]({wall.name})", ""]
+        if any(r.clock for r in plotted):
+            wall = plot_time_to_accuracy(plotted, f"{section.title}: val top-1 by training time",
+                                         out_dir / f"{stem}_wall_time.png", colours)
+            lines += [f"![{section.title}: val top-1 by training time]({wall.name})", ""]
     if missing:
         lines += ["No curves yet for: " + ", ".join(f"{r.name} ({r.status})" for r in missing) + ".", ""]
     return lines
@@ -60,12 +84,13 @@ def write_report(*, title: str, intro: list[str], records: list[RunRecord], sect
     finished = sum(r.status == FINISHED for r in records)
     lines += ["## Runs", "", f"{finished} of {len(records)} runs finished. Top-1 values are fractions; "
               "test top-1/top-5 are the final model's, best val top-1 names its epoch.", ""]
-    table, footnotes = runs_table(records)
-    lines += [table, ""] + [f"{n}\n" for n in footnotes]
+    lines += [runs_table(records), ""]
     failed = [r for r in records if r.status == FAILED]
     if failed:
         lines += ["## Failed runs", ""]
         lines += [f"- **{cell(r.name)}**: {cell(r.detail)}" for r in failed] + [""]
+    if any(section.table for section in sections):
+        lines += [STATISTICS_NOTE, "", TIMING_NOTE, ""]
     colours = run_colours(records)
     for section in sections:
         lines += _section_lines(section, out_dir, colours)
@@ -83,18 +108,19 @@ def render_suite(suite_dir: Path, out_dir: Path) -> Path:
     manifest = read_manifest(suite_dir)
     attempts = manifest.get("attempts", {})
     records = [
-        load_run(suite_dir / run["dir"], name=run["name"], attempt=attempts.get(run["name"]),
-                 planned_config=run.get("resolved"), note=run.get("note", ""))
+        load_run(suite_dir / run["dir"], name=run.get("key", run["name"]), attempt=attempts.get(run.get("key", run["name"])),
+                 planned_config=run.get("resolved"), note=run.get("note", ""), configuration=run["name"],
+                 seed=run.get("seed"))
         for run in manifest["runs"]
     ]
-    by_name = {r.name: r for r in records}
-    sections = [Section(c["name"], c["title"], c.get("note", ""), [by_name[n] for n in c["runs"] if n in by_name])
+    sections = [Section(c["name"], c["title"], c.get("note", ""),
+                        [r for name in c["runs"] for r in records if r.configuration == name])
                 for c in manifest.get("comparisons", [])]
     intro = [f"Suite `{manifest.get('source', '?')}`" + (f": {manifest['description']}" if manifest.get("description") else "."), ""]
     if manifest.get("quick"):
         intro += ["**Quick mode**: tiny models, a few epochs, the synthetic data set. These numbers check that the "
                   "whole chain works; they say nothing about the study's questions.", ""]
-    commands = {run["name"]: shell_line(run["command"]) for run in manifest["runs"] if run.get("command")}
+    commands = {run.get("key", run["name"]): shell_line(run["command"]) for run in manifest["runs"] if run.get("command")}
     title = f"Study: {manifest.get('title') or manifest.get('suite')}" + (" (quick)" if manifest.get("quick") else "")
     return write_report(title=title, intro=intro, records=records, sections=sections, out_dir=Path(out_dir),
                         commands=commands)
@@ -111,6 +137,7 @@ def render_runs(run_dirs: list[Path], out_dir: Path) -> Path:
     names = [r.name for r in records]
     for record in records:  # two runs/…/NAME directories with the same last part: tell them apart
         if names.count(record.name) > 1:
-            record.name = str(record.run_dir)
-    sections = [Section("runs", "All runs", "", records)]
+            record.name = record.configuration = str(record.run_dir)
+    # The runs table above already lists every run: this section adds the plots only.
+    sections = [Section("runs", "Curves", "", records, table=False)]
     return write_report(title="Runs", intro=[], records=records, sections=sections, out_dir=Path(out_dir))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fasttrain.config import ConfigError, from_dict, read_toml, to_dict
-from fasttrain.rundir import read_metrics
-from fasttrain.rundir import RunDir
+from fasttrain.engine.time_to_accuracy import compile_seconds, seconds_to_val_top1, training_clock
+from fasttrain.rundir import RunDir, read_metrics
 
 FINISHED, FAILED, INCOMPLETE, RUNNING, NOT_RUN, UNREADABLE = (
     "finished", "failed", "incomplete", "running", "not run", "unreadable")
@@ -28,6 +28,15 @@ class RunRecord:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     """The metrics.jsonl epoch records, one per epoch, in order."""
     note: str = ""
+    configuration: str = ""
+    """The suite run this is a seed of (its name without /seedN); the record's own name otherwise."""
+    seed: int | None = None
+    compile_s: float | None = None
+    """The first log window's excess over the median window (engine/time_to_accuracy.py)."""
+    seconds_to_val: dict[str, float | None] = field(default_factory=dict)
+    """Val top-1 level → training seconds to reach it (compile excluded); None: not reached."""
+    clock: list[tuple[float, float]] = field(default_factory=list)
+    """(training seconds, val top-1) at each evaluated epoch end, compile excluded."""
 
     @property
     def model(self) -> str:
@@ -54,10 +63,10 @@ class RunRecord:
         return self.epochs[-1]["epoch"] if self.epochs else 0
 
 
-def epoch_records(run_dir: Path) -> list[dict[str, Any]]:
+def epoch_records(run_dir: Path, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Epoch records by epoch; a repeated epoch (a resumed run's replay) keeps its last record."""
     by_epoch: dict[int, dict[str, Any]] = {}
-    for rec in read_metrics(run_dir):
+    for rec in read_metrics(run_dir) if records is None else records:
         if rec.get("kind") == "epoch" and isinstance(rec.get("epoch"), int):
             by_epoch[rec["epoch"]] = rec
     return [by_epoch[e] for e in sorted(by_epoch)]
@@ -86,12 +95,25 @@ def _read_results(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
     return data, ""
 
 
+def _add_timing(record: RunRecord, metrics: list[dict[str, Any]]) -> None:
+    batch = (record.config or {}).get("train", {}).get("batch_size")
+    if not batch:
+        return
+    record.compile_s = compile_seconds(metrics, batch)
+    record.seconds_to_val = seconds_to_val_top1(metrics, record.compile_s)
+    record.clock = training_clock(metrics, batch)
+
+
 def load_run(run_dir: Path, *, name: str | None = None, attempt: dict[str, Any] | None = None,
-             planned_config: dict[str, Any] | None = None, note: str = "") -> RunRecord:
+             planned_config: dict[str, Any] | None = None, note: str = "", configuration: str | None = None,
+             seed: int | None = None) -> RunRecord:
     """What the report knows of one run; `attempt` is the study runner's record of its last launch."""
     run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
     record = RunRecord(name=name or run_dir.name, run_dir=run_dir, status=NOT_RUN, note=note,
-                       config=_read_config(run_dir) or planned_config, epochs=epoch_records(run_dir))
+                       config=_read_config(run_dir) or planned_config, epochs=epoch_records(run_dir, metrics),
+                       configuration=configuration or name or run_dir.name, seed=seed)
+    _add_timing(record, metrics)
     results, problem = _read_results(run_dir)
     if problem:
         record.status, record.detail = UNREADABLE, problem

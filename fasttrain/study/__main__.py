@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print each run's exact command instead of running it (and write OUT/suite.json for the report)")
     p.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these runs of the suite")
+    p.add_argument("--seeds", nargs="+", type=int, default=[], metavar="SEED",
+                   help="repeat every run (or the --only runs) once per seed, each in its own directory NAME/seedN; "
+                        "replaces the suite's `seeds`")
     p.add_argument("--out", help="suite directory: one run directory per run (default runs/SUITE, runs/SUITE-quick)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="processes (GPUs) per run; above 1 each run is launched with torchrun --nproc_per_node=N")
@@ -43,7 +46,7 @@ def _dry_run(planned, selected, out_dir: Path, nproc: int) -> None:
             continue
         state = "finished (the command prints 'nothing to do')" if is_finished(run.run_dir) else \
             "incomplete (the command resumes it)" if RunDir(run.run_dir).checkpoints.is_dir() else "not started"
-        print(f"# {run.name}: {state}")
+        print(f"# {run.key}: {state}")
         print(shell_line(train_command(run, nproc=nproc)))
     print(f"# then: python -m fasttrain.report --suite {out_dir}", flush=True)
 
@@ -51,7 +54,7 @@ def _dry_run(planned, selected, out_dir: Path, nproc: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     from fasttrain.study.plan import check_selection, check_world_size, display_path, plan_suite, train_command
     from fasttrain.study.runner import FAILED, run_all
-    from fasttrain.study.suite import find_suite, load_suite
+    from fasttrain.study.suite import check_seeds, find_suite, load_suite
     from fasttrain.suite_manifest import build_manifest, previous_attempts, write_manifest
 
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -60,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     suite = load_suite(find_suite(args.suite))
     out_dir = Path(args.out) if args.out else Path("runs") / (suite.name + ("-quick" if args.quick else ""))
     selected = check_selection(suite, tuple(args.only))
-    planned = plan_suite(suite, out_dir=out_dir, quick=args.quick, extra_overrides=tuple(args.set))
+    seeds = check_seeds(tuple(args.seeds), "--seeds")
+    planned = plan_suite(suite, out_dir=out_dir, quick=args.quick, extra_overrides=tuple(args.set), seeds=seeds)
     check_world_size(suite, planned, args.nproc)
-    commands = {run.name: train_command(run, nproc=args.nproc) for run in planned}
+    commands = {run.key: train_command(run, nproc=args.nproc) for run in planned}
     manifest = build_manifest(suite, planned, quick=args.quick, commands=commands, attempts=previous_attempts(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir, manifest)
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         _dry_run(planned, selected, out_dir, args.nproc)
         return 0
 
-    print(f"study {suite.name}{' (quick)' if args.quick else ''}: {len(selected)} of {len(planned)} runs "
+    runs_chosen = sum(run.name in selected for run in planned)
+    print(f"study {suite.name}{' (quick)' if args.quick else ''}: {runs_chosen} of {len(planned)} runs "
           f"into {display_path(out_dir)}", flush=True)
     outcomes = run_all(planned, selected=selected, out_dir=out_dir, nproc=args.nproc, manifest=manifest)
     failed = [o for o in outcomes if o.status == FAILED]

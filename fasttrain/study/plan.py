@@ -31,6 +31,17 @@ class PlannedRun:
     """Every `--set` the run gets, in order: suite, run, [quick], run quick, command line."""
     run_dir: Path
     cfg: Config
+    seed: int | None = None
+    """The repeat's train.seed when the suite lists seeds (its run directory is NAME/seedN); None: one run."""
+
+    @property
+    def key(self) -> str:
+        """The run's unique name in the suite: NAME, or NAME/seedN for one seed of a repeated run."""
+        return self.name if self.seed is None else f"{self.name}/{seed_dir(self.seed)}"
+
+
+def seed_dir(seed: int) -> str:
+    return f"seed{seed}"
 
 
 def display_path(path: Path) -> str:
@@ -104,8 +115,10 @@ def check_selection(suite: Suite, only: tuple[str, ...]) -> list[str]:
     return [name for name in names if not only or name in only]
 
 
-def plan_suite(suite: Suite, *, out_dir: Path, quick: bool, extra_overrides: tuple[str, ...] = ()) -> list[PlannedRun]:
-    """Check every run of the suite (a run left out by --only is still reported) and return them in order."""
+def plan_suite(suite: Suite, *, out_dir: Path, quick: bool, extra_overrides: tuple[str, ...] = (),
+               seeds: tuple[int, ...] = ()) -> list[PlannedRun]:
+    """Check every run of the suite (a run left out by --only is still reported) and return them in order: one per
+    run, or one per (run, seed) when `seeds` (the command line's), the run's or the suite's seeds are given."""
     planned = []
     for spec in suite.runs:
         where = f"{suite.path}: run '{spec.name}'"
@@ -117,10 +130,19 @@ def plan_suite(suite: Suite, *, out_dir: Path, quick: bool, extra_overrides: tup
         except ConfigError as err:
             raise SuiteError(f"{where}: {err}") from None
         check_model(cfg, where)
-        run = PlannedRun(name=spec.name, config_path=spec.config, overrides=overrides,
-                         run_dir=out_dir / spec.name, cfg=cfg)
-        check_run_dir(run, where)
-        planned.append(run)
+        run_seeds = seeds or spec.seeds
+        if not run_seeds:
+            run = PlannedRun(name=spec.name, config_path=spec.config, overrides=overrides,
+                             run_dir=out_dir / spec.name, cfg=cfg)
+            check_run_dir(run, where)
+            planned.append(run)
+            continue
+        for seed in run_seeds:  # the seed last, so that it wins over any train.seed set before it
+            seeded = overrides + (f"train.seed={seed}",)
+            run = PlannedRun(name=spec.name, config_path=spec.config, overrides=seeded,
+                             run_dir=out_dir / spec.name / seed_dir(seed), cfg=load_config(spec.config, seeded), seed=seed)
+            check_run_dir(run, f"{where} seed {seed}")
+            planned.append(run)
     return planned
 
 
@@ -132,7 +154,7 @@ def check_world_size(suite: Suite, planned: list[PlannedRun], nproc: int) -> Non
             split_batch(t.batch_size, nproc, t.grad_accum)
         except ConfigError:
             raise SuiteError(
-                f"{suite.path}: run '{run.name}': [train] batch_size {t.batch_size} (grad_accum {t.grad_accum}) does not "
+                f"{suite.path}: run '{run.key}': [train] batch_size {t.batch_size} (grad_accum {t.grad_accum}) does not "
                 f"split over --nproc {nproc} processes; pick an --nproc that divides it or override train.batch_size"
             ) from None
 

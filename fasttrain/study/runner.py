@@ -21,6 +21,7 @@ FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
 @dataclass(frozen=True)
 class RunOutcome:
     name: str
+    """The run's key: NAME, or NAME/seedN."""
     status: str
     """finished (ran to results.json now), skipped (had results.json already) or failed."""
     exit_code: int | None
@@ -92,21 +93,21 @@ def run_all(planned: list[PlannedRun], *, selected: list[str], out_dir: Path, np
     outcomes = []
     chosen = [run for run in planned if run.name in selected]
     for index, run in enumerate(chosen, 1):
-        head = f"[{index}/{len(chosen)}] {run.name}"
+        head = f"[{index}/{len(chosen)}] {run.key}"
         if is_finished(run.run_dir):
             say(f"{head}: finished already ({run.run_dir / 'results.json'}); skipping")
-            outcomes.append(RunOutcome(run.name, SKIPPED, 0, 0.0))
+            outcomes.append(RunOutcome(run.key, SKIPPED, 0, 0.0))
             continue
         command = local_command(run, nproc=nproc)
-        log_file = log_path(out_dir, run.name)
+        log_file = log_path(out_dir, run.key)
         say(f"{head}: {shell_line(command)}")
         started, t0 = _now(), time.perf_counter()
-        manifest["attempts"][run.name] = {"status": "running", "started": started, "log": str(log_file)}
+        manifest["attempts"][run.key] = {"status": "running", "started": started, "log": str(log_file)}
         write_manifest(out_dir, manifest)
         try:
             code = _stream(command, log_file, echo)
         except KeyboardInterrupt:
-            manifest["attempts"][run.name] = {"status": "interrupted", "exit_code": None, "started": started,
+            manifest["attempts"][run.key] = {"status": "interrupted", "exit_code": None, "started": started,
                                               "ended": _now(), "seconds": time.perf_counter() - t0, "log": str(log_file)}
             write_manifest(out_dir, manifest)
             raise
@@ -117,10 +118,10 @@ def run_all(planned: list[PlannedRun], *, selected: list[str], out_dir: Path, np
             error = last_error_line(log_file.read_text(encoding="utf-8", errors="replace"))
             if code == 0:
                 error = f"exited 0 without writing results.json ({error})"
-        manifest["attempts"][run.name] = {"status": FINISHED if ok else FAILED, "exit_code": code, "started": started,
+        manifest["attempts"][run.key] = {"status": FINISHED if ok else FAILED, "exit_code": code, "started": started,
                                           "ended": _now(), "seconds": seconds, "log": str(log_file), "error": error}
         write_manifest(out_dir, manifest)
-        outcome = RunOutcome(run.name, FINISHED if ok else FAILED, code, seconds, error)
+        outcome = RunOutcome(run.key, FINISHED if ok else FAILED, code, seconds, error)
         say(f"{head}: {outcome.status} in {seconds:.0f} s" + (f" (exit {code}): {error}; log: {log_file}" if not ok else ""))
         outcomes.append(outcome)
     return outcomes

@@ -27,6 +27,8 @@ class RunSpec:
     quick_overrides: tuple[str, ...] = ()
     """Applied after the suite's [quick] overrides, in --quick mode only."""
     note: str = ""
+    seeds: tuple[int, ...] = ()
+    """train.seed of each repeat, each its own run directory; empty: one run with the config's seed."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class _SuiteTable:
     title: str = ""
     description: str = ""
     overrides: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    """Every run is repeated once per seed (a run's own `seeds` replaces these)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class _RunTable:
     overrides: tuple[str, ...] = ()
     quick: tuple[str, ...] = ()
     note: str = ""
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,17 @@ def _unique(names: list[str], kind: str, where: str) -> None:
     for index, name in enumerate(names):
         if name in names[:index]:
             raise SuiteError(f"{where}: {kind} '{name}': the name is used twice; {kind} names must be unique")
+
+
+def check_seeds(seeds: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """Seeds are distinct non-negative integers (each names a run directory, seedN)."""
+    for seed in seeds:
+        if seed < 0:
+            raise SuiteError(f"{where}: seed {seed} must be >= 0")
+    for index, seed in enumerate(seeds):
+        if seed in seeds[:index]:
+            raise SuiteError(f"{where}: seed {seed} is listed twice; seeds must be distinct")
+    return tuple(seeds)
 
 
 def _suite_dirs() -> list[Path]:
@@ -159,11 +175,14 @@ def load_suite(path: str | Path) -> Suite:
     head = parsed.suite
     name = head.name or path.stem
     _check_name(name, f"{where}: [suite]")
+    suite_seeds = check_seeds(head.seeds, f"{where}: [suite] seeds")
     return Suite(
         path=path, name=name, title=head.title or name, description=head.description, overrides=head.overrides,
         quick_overrides=parsed.quick.overrides,
         runs=tuple(RunSpec(name=r.name, config=(path.parent / r.config).resolve(), overrides=r.overrides,
-                           quick_overrides=r.quick, note=r.note) for r in parsed.run),
+                           quick_overrides=r.quick, note=r.note,
+                           seeds=check_seeds(r.seeds, f"{where}: run '{r.name}' seeds") or suite_seeds)
+                    for r in parsed.run),
         comparisons=tuple(Comparison(name=c.name, title=c.title or c.name, runs=c.runs, note=c.note)
                           for c in parsed.comparison),
     )
