@@ -72,7 +72,7 @@ class DataConfig:
     """Progressive resizing: first epoch at full image_size."""
     progressive_step: int = 8
     """Progressive resizing: sizes are multiples of this, so a compiled model sees only a few shapes."""
-    crop_scale: tuple[CropScale, CropScale] = (0.08, 1.0)
+    crop_scale: tuple[CropScale, CropScale] = (0.35, 1.0)
     """RandomResizedCrop's [min, max] share of the image area (min <= max)."""
     crop_ratio: tuple[PositiveNumber, PositiveNumber] = (3 / 4, 4 / 3)
     """RandomResizedCrop's [min, max] aspect ratio (min <= max)."""
@@ -117,7 +117,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: PositiveNumber = 0.1
+    lr: PositiveNumber = 0.2
     lr_reference_batch: NonNegativeInt = 0
     """When > 0, the learning rate is lr × batch_size / lr_reference_batch (linear scaling)."""
     momentum: Fraction = 0.9
@@ -131,9 +131,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class SchedConfig:
-    name: Literal["cosine", "step", "constant", "linear"] = "cosine"
+    name: Literal["cosine", "step", "constant", "linear"] = "linear"
     """"linear": after warm-up, straight down to min_lr at the last step (budgeted training)."""
-    warmup_epochs: NonNegativeNumber = 0.0
+    warmup_epochs: NonNegativeNumber = 0.5
     """Shorter than train.epochs (0 = no warm-up)."""
     warmup_start_factor: Annotated[float, Range(0.0, 1.0)] = 0.01
     min_lr: NonNegativeNumber = 0.0
@@ -155,7 +155,7 @@ class TrainConfig:
     tf32: bool = True
     deterministic: bool = False
     """Deterministic algorithms (bit-identical reruns on CPU; slower on GPU)."""
-    label_smoothing: Fraction = 0.0
+    label_smoothing: Fraction = 0.1
     mixup: NonNegativeNumber = 0.0
     """Mixup alpha (0 = off)."""
     cutmix: NonNegativeNumber = 0.0

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from fasttrain.engine.time_to_accuracy import compile_seconds, seconds_to_val_top1, time_to_accuracy, window_seconds
 from fasttrain.rundir import RunDir
 from tiny_runs import run_in_process, tiny_args
 
@@ -18,6 +17,8 @@ def step(step: int, epoch: int, seconds: float, steps: int) -> dict:
 
 
 def test_compile_is_the_first_windows_excess_over_the_median_window():
+    from fasttrain.engine.time_to_accuracy import compile_seconds, seconds_to_val_top1, window_seconds
+
     # 10 steps per epoch, logged every 4: windows of 4, 4, 2 (the epoch ends at 10; the clock restarts), 4, 4, 2
     records = [step(4, 0, 4 * 0.1 + 3.0, 4), step(8, 0, 0.4, 4), {"kind": "epoch", "epoch": 1, "step": 10,
                                                                   "wall_time_s": 4.2, "val_top1": 0.6},
@@ -30,21 +31,32 @@ def test_compile_is_the_first_windows_excess_over_the_median_window():
     assert compile_seconds(records[:1], BATCH) is None  # one window: nothing to compare it with
 
 
-def test_results_hold_time_to_accuracy_and_tensorboard_the_test_scalars(tmp_path):
-    """Issue 20 item 14: TensorBoard had no test scalars; issue 19: results.json gives time to accuracy."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = tmp_path / "run"
-    run_in_process(tiny_args(tmp_path / "data", out, "train.epochs=2", "log.tensorboard=true", "log.every_steps=2"),
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny 2-epoch run with TensorBoard on, logged every 2 steps (8 steps per epoch)."""
+    tmp = tmp_path_factory.mktemp("tta")
+    out = tmp / "run"
+    run_in_process(tiny_args(tmp / "data", out, "train.epochs=2", "log.tensorboard=true", "log.every_steps=2"),
                    check=True)
-    results = json.loads(RunDir(out).results.read_text())
-    records = [json.loads(line) for line in RunDir(out).metrics.read_text().splitlines()]
+    return out
+
+
+def test_results_hold_time_to_accuracy(finished_run):
+    from fasttrain.engine.time_to_accuracy import time_to_accuracy
+
+    results = json.loads(RunDir(finished_run).results.read_text())
+    records = [json.loads(line) for line in RunDir(finished_run).metrics.read_text().splitlines()]
     assert results["compile_s"] is not None and results["compile_s"] >= 0
-    expected = time_to_accuracy(records, 16)
-    assert results["seconds_to_val_top1"] == expected["seconds_to_val_top1"]
+    assert results["seconds_to_val_top1"] == time_to_accuracy(records, 16)["seconds_to_val_top1"]
     assert set(results["seconds_to_val_top1"]) == {"0.5", "0.8", "0.9", "0.95"}
 
-    events = EventAccumulator(str(RunDir(out).tensorboard))
+
+def test_tensorboard_gets_the_final_test_scalars(finished_run):
+    """Issue 20 item 14: TensorBoard had no test scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    results = json.loads(RunDir(finished_run).results.read_text())
+    events = EventAccumulator(str(RunDir(finished_run).tensorboard))
     events.Reload()
     scalars = events.Tags()["scalars"]
     for key in ("test_top1", "test_top5"):
