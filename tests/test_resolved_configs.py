@@ -89,6 +89,7 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         raise SystemExit("usage: python tests/test_resolved_configs.py --write   (records every config's resolved values)")
     RECORD.parent.mkdir(parents=True, exist_ok=True)
-    values = resolved_now()  # every key, the ones following the defaults too: the record shows what they were
+    # every key; the ones following the defaults keep their first record (what they resolved to before issue 19)
+    values = {**resolved_now(), **{k: v for k, v in recorded_values().items() if not pinned(k)}}
     RECORD.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"wrote {len(values)} resolved configs to {RECORD}")

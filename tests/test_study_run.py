@@ -51,8 +51,8 @@ def test_quick_seed_suite_two_runs_then_skip(tmp_path, monkeypatch, capsys):
     report = (out / "report" / "REPORT.md").read_text()
     rows = report_rows(report)
     assert len(rows) == 8, "every run of the suite has a row, run or not"
-    assert "| finished |" in rows["vgg19_bn"] and "0.5279 †" in rows["vgg19_bn"]
-    assert "| finished |" in rows["vgg19"] and "0.0050 †" in rows["vgg19"]
+    assert "| finished |" in rows["vgg19_bn"] and "| finished |" in rows["vgg19"]
+    assert "study top-1" not in report  # synthetic data at 1/8 width: the study's numbers do not apply
     assert all("**not run**" in rows[n] for n in rows if not n.startswith("vgg19"))
     assert "](normalization_curves.png)" in report
     assert_valid_png(out / "report" / "normalization_curves.png")

@@ -132,3 +132,14 @@ def test_verdict_words():
     assert verdict("A", "B", difference([50.0, 51.0, 52.0], [40.0, 41.0, 40.5]), scale=1.0, unit="s",
                    higher_is_better=False).startswith("B faster by 10.5 ± ")
     assert verdict("A", "B", difference([0.9, 0.9], [0.95, 0.95])) == "B better by 5.0 ± 0.0 points"
+
+
+def test_seed_directories_given_one_by_one_are_grouped_by_their_run(tmp_path):
+    from fasttrain.report.render import render_runs
+
+    dirs = [make_run(tmp_path / name / f"seed{seed}", [f"train.seed={seed}"], epochs=2, done=2, finished=True)
+            for name in ("a", "b") for seed in (0, 1)]
+    text = render_runs(dirs, tmp_path / "out").read_text()
+    assert "| a/seed0 |" in text and "| b/seed1 |" in text
+    assert "| a | 2/2 |" in text and "| b | 2/2 |" in text
+    assert text.count("| run |") == 1

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fasttrain.atomic import atomic_write  # noqa: E402
 from fasttrain.report.runs import FINISHED, RunRecord  # noqa: E402
+from fasttrain.report.table import group_configurations  # noqa: E402
 
 DPI = 110
 # Characters of a title line per inch of figure width at the default title size (a longer title wraps, never clips).
@@ -34,17 +35,10 @@ def run_colours(records: list[RunRecord]) -> dict[str, str]:
     return {name: f"C{index % 10}" for index, name in enumerate(names)}
 
 
-def _groups(records: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
-    groups: dict[str, list[RunRecord]] = {}
-    for record in records:
-        groups.setdefault(record.configuration or record.name, []).append(record)
-    return list(groups.items())
-
-
 def _draw_by_epoch(ax, records: list[RunRecord], y_key: str, colours: dict[str, str]) -> None:
     """One line per configuration: a single run as is; several seeds as their mean per epoch, with a band from
     the lowest to the highest seed (epochs that only some seeds reached are left out)."""
-    for index, (name, runs) in enumerate(_groups(records)):
+    for index, (name, runs) in enumerate(group_configurations(records)):
         colour = colours.get(name, f"C{index % 10}")
         curves = [dict(zip(*_series(r, "epoch", y_key))) for r in runs]
         curves = [c for c in curves if c]
@@ -117,7 +111,7 @@ def plot_time_to_accuracy(records: list[RunRecord], title: str, path: Path, colo
     scale, unit = (3600.0, "h") if longest > 3 * 3600 else (60.0, "min") if longest > 180 else (1.0, "s")
     width = 7.0
     fig, ax = plt.subplots(figsize=(width, 4.5))
-    for index, (name, runs) in enumerate(_groups(timed)):
+    for index, (name, runs) in enumerate(group_configurations(timed)):
         colour = colours.get(name, f"C{index % 10}")
         for number, run in enumerate(runs):
             xs, ys = [t / scale for t, _ in run.clock], [v for _, v in run.clock]

@@ -133,11 +133,17 @@ def render_runs(run_dirs: list[Path], out_dir: Path) -> Path:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"run directory not found: {run_dir} (pass directories written by python -m fasttrain)")
-        records.append(load_run(run_dir))
+        if re.fullmatch(r"seed\d+", run_dir.name):  # a seed of a suite run: NAME/seedN, grouped under NAME
+            records.append(load_run(run_dir, name=f"{run_dir.parent.name}/{run_dir.name}",
+                                    configuration=run_dir.parent.name))
+        else:
+            records.append(load_run(run_dir))
     names = [r.name for r in records]
     for record in records:  # two runs/…/NAME directories with the same last part: tell them apart
         if names.count(record.name) > 1:
             record.name = record.configuration = str(record.run_dir)
-    # The runs table above already lists every run: this section adds the plots only.
-    sections = [Section("runs", "Curves", "", records, table=False)]
+    # The runs table above already lists every run: this section adds the plots, and the statistics over seeds
+    # when some directories are seeds of one run (NAME/seedN).
+    repeated = len({r.configuration for r in records}) < len(records)
+    sections = [Section("runs", "Curves", "", records, table=repeated)]
     return write_report(title="Runs", intro=[], records=records, sections=sections, out_dir=Path(out_dir))

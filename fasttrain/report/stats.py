@@ -4,6 +4,7 @@ between two configurations with Welch's t interval and a plain-words verdict (sc
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95
@@ -60,7 +61,9 @@ def difference(a: list[float], b: list[float]) -> Difference:
         return Difference(len(a), len(b), diff, None, None, None, None)
     if max(a) == min(a) and max(b) == min(b):  # no spread at all (e.g. deterministic reruns): the difference is exact
         return Difference(len(a), len(b), diff, diff, diff, None, 0.0 if diff else 1.0)
-    result = stats.ttest_ind(b, a, equal_var=False)
+    with warnings.catch_warnings():  # near-equal values: scipy warns of precision loss; the interval is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.ttest_ind(b, a, equal_var=False)
     interval = result.confidence_interval(confidence_level=CONFIDENCE)
     return Difference(len(a), len(b), diff, float(interval.low), float(interval.high), float(result.df),
                       float(result.pvalue))
