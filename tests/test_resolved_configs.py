@@ -91,5 +91,7 @@ if __name__ == "__main__":
     RECORD.parent.mkdir(parents=True, exist_ok=True)
     # every key; the ones following the defaults keep their first record (what they resolved to before issue 19)
     values = {**resolved_now(), **{k: v for k, v in recorded_values().items() if not pinned(k)}}
-    RECORD.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    # one line per config: a changed value shows as that config's line in a diff
+    lines = [f"{json.dumps(key)}: {json.dumps(values[key], sort_keys=True)}" for key in sorted(values)]
+    RECORD.write_text("{\n" + ",\n".join(lines) + "\n}\n", encoding="utf-8")
     print(f"wrote {len(values)} resolved configs to {RECORD}")
