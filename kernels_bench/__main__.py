@@ -1,4 +1,4 @@
-"""Suite dispatcher: `python -m kernels_bench SUITE [--device cpu|cuda] [--quick] [--json PATH] [--md PATH]`."""
+"""Suite dispatcher: `python -m kernels_bench SUITE [--device auto|cpu|cuda] [--quick|--smoke] [--json P] [--md P] [--cases P]`."""
 
 from __future__ import annotations
 
@@ -7,24 +7,31 @@ import importlib
 import json
 import os
 import pkgutil
-import platform
+import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
-import kernels_bench
 from fasttrain.atomic import atomic_write_json, atomic_write_text
 from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
+from kernels_bench import core, suites as suites_package
+
+INTERRUPTED = 130  # what a shell reports for a process ended by SIGINT
 
 
 def available_suites() -> list[str]:
-    """Every module of the kernels_bench package that is a suite (public name, not __main__; the
-    `measure` subpackage holds shared helpers, not suites)."""
-    return sorted(m.name for m in pkgutil.iter_modules(kernels_bench.__path__) if not m.name.startswith("_") and not m.ispkg)
+    """Every module of kernels_bench/suites/ (public names)."""
+    return sorted(m.name for m in pkgutil.iter_modules(suites_package.__path__) if not m.name.startswith("_"))
 
 
-def _base_parser(suites: list[str]) -> argparse.ArgumentParser:
-    parser = OneLineArgumentParser(prog="python -m kernels_bench", description="Run one benchmark suite.")
+def suite_module(name: str):
+    return importlib.import_module(f"kernels_bench.suites.{name}")
+
+
+def _base_parser(suites: list[str], *, add_help: bool) -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="python -m kernels_bench", description="Run one benchmark suite.",
+                                   add_help=add_help)
     parser.add_argument("suite", help=f"one of: {', '.join(suites)}")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (default: cuda when available, else cpu)")
@@ -33,6 +40,8 @@ def _base_parser(suites: list[str]) -> argparse.ArgumentParser:
                         help="the smallest run that exercises every code path, in seconds (for tests; figures mean nothing)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     parser.add_argument("--md", type=Path, default=None, help="also write the result as a markdown table here")
+    parser.add_argument("--cases", type=Path, default=None,
+                        help=f"append each case to this JSON-lines file the moment it finishes (also ${core.CASES_ENV})")
     return parser
 
 
@@ -53,19 +62,6 @@ def _resolve_device(requested: str, supported: tuple[str, ...]) -> str:
     return "cpu"
 
 
-def _environment() -> dict:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_cores": cores,
-            "processor": platform.processor() or platform.machine(),
-            # other work on the machine skews throughput figures; record how busy it was
-            "load_average_1m_at_start": round(os.getloadavg()[0], 2),
-            # on a shared CPU, spinning OpenMP threads (the default) can slow a step tenfold; record the policy
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-
-
 def generic_markdown(result: dict) -> str:
     """A two-column table of every scalar in the result (nested keys joined with '.')."""
     rows = []
@@ -81,6 +77,28 @@ def generic_markdown(result: dict) -> str:
     return "\n".join(["| figure | value |", "|---|---|", *rows]) + "\n"
 
 
+def parse(argv: list[str]) -> tuple[argparse.Namespace, object]:
+    """(parsed arguments, suite module): the suite's own options join the common ones, `--help` included."""
+    suites = available_suites()
+    if not argv or argv[0] in ("-h", "--help"):
+        _base_parser(suites, add_help=True).parse_args(argv)  # prints the help and exits, or names what is missing
+    known, _ = _base_parser(suites, add_help=False).parse_known_args(argv)
+    if known.suite not in suites:
+        raise UserError(f"unknown benchmark suite {known.suite!r}; available: {', '.join(suites)}")
+    suite = suite_module(known.suite)
+    parser = _base_parser(suites, add_help=True)
+    parser.description = (suite.__doc__ or "").strip().splitlines()[0] if suite.__doc__ else parser.description
+    if hasattr(suite, "add_arguments"):
+        suite.add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.quick = args.quick or args.smoke
+    # a suite may declare DEVICES = ("cpu",) when it never touches a GPU
+    args.device = _resolve_device(args.device, tuple(getattr(suite, "DEVICES", ("cpu", "cuda"))))
+    if args.cases:
+        os.environ[core.CASES_ENV] = str(args.cases.resolve())
+    return args, suite
+
+
 def run_suite(argv: list[str]) -> tuple[dict, argparse.Namespace, object]:
     """Parse `argv` (suite name first), run the suite, return (report, parsed args, suite module).
 
@@ -88,32 +106,20 @@ def run_suite(argv: list[str]) -> tuple[dict, argparse.Namespace, object]:
     returns `cases` (one object per measured case) has its keys merged into the report; any other
     suite's figures sit under `result`.
     """
-    suites = available_suites()
-    parser = _base_parser(suites)
-    known, _ = parser.parse_known_args(argv)
-    if known.suite not in suites:
-        raise UserError(f"unknown benchmark suite {known.suite!r}; available: {', '.join(suites)}")
-    suite = importlib.import_module(f"kernels_bench.{known.suite}")
-    if hasattr(suite, "add_arguments"):
-        suite.add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.quick = args.quick or args.smoke
-    # a suite may declare DEVICES = ("cpu",) when it never touches a GPU
-    args.device = _resolve_device(args.device, tuple(getattr(suite, "DEVICES", ("cpu", "cuda"))))
-
-    from kernels_bench.measure.versions import software_versions
-
+    args, suite = parse(argv)
     started = time.time()
-    environment = _environment()
+    environment = core.environment()
     figures = suite.run(args)
     report = {"suite": args.suite, "device": args.device, "quick": args.quick, "smoke": args.smoke,
               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-              "seconds": round(time.time() - started, 2), "versions": software_versions(args.device),
-              "environment": {**environment, "load_average_1m_at_end": round(os.getloadavg()[0], 2)}}
+              "seconds": round(time.time() - started, 2), "versions": core.software_versions(args.device),
+              "environment": {**environment, "load_average_1m_at_end": core.load_average()}}
     if "cases" in figures or "suites" in figures:
         report.update(figures)
     else:
         report["result"] = figures
+        if figures.get("failed"):  # what a suite judged failed decides the exit status wherever its figures sit
+            report["failed"] = figures["failed"]
     return report, args, suite
 
 
@@ -124,13 +130,22 @@ def render_markdown(report: dict, suite) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    report, args, suite = run_suite(argv)
-    print(json.dumps(report, indent=2))
+    # a shell that starts a job in the background makes it ignore SIGINT; a budget's `timeout --signal=INT` must reach us
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        report, args, suite = run_suite(argv)
+    except KeyboardInterrupt:
+        # `timeout --signal=INT` ends a suite that ran past its budget: say where it was (the cases that finished
+        # are already in the --cases file), then exit as a process ended by SIGINT
+        print(f"kernels_bench {' '.join(argv[:1])}: interrupted at: {core.position()}", file=sys.stderr, flush=True)
+        traceback.print_exc(limit=-8)
+        return INTERRUPTED
+    print(json.dumps(report, indent=2, default=str))
     if args.json:
         atomic_write_json(args.json, report)
     if args.md:
         atomic_write_text(args.md, render_markdown(report, suite))
-    # `all` keeps going past a failed suite so the others still report; the exit status says it failed
+    # a suite that judged a case failed (parity, dali_reuse, preflight's required packages) fails the run
     return 1 if report.get("failed") else 0
 
 

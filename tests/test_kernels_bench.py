@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kernels_bench.__main__ import run_suite
-from kernels_bench.parity import accuracy_passes, relative_error
+from kernels_bench.suites.parity import accuracy_passes, relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +93,7 @@ def test_parity_reports_both_paths_over_seeds(all_smoke):
 
 def test_parity_exits_non_zero_when_a_family_fails(monkeypatch, capsys):
     from kernels_bench import __main__ as cli
-    from kernels_bench import parity
+    from kernels_bench.suites import parity
 
     argv = ["parity", "--device", "cpu", "--smoke", "--forward-only", "--families", "t2t"]
     assert cli.main(argv) == 0
@@ -138,7 +138,7 @@ def test_step_compile_variants_report_compile_time():
 
 
 def test_crash_guard_names_each_crashing_case_and_goes_on():
-    from kernels_bench.measure.crash_guard import first_crashes
+    from kernels_bench.core import first_crashes
 
     cases = [{}, {"crash": True}, {}, {"crash": True}, {}]
     crashed = first_crashes("tests.crash_workers:crash_on_marked", cases)
@@ -151,7 +151,7 @@ def test_step_fast_variant_is_what_the_device_gets_and_forced_bf16_beside_it():
     import torch
 
     from fasttrain.engine.runtime import resolve_amp
-    from kernels_bench.step import VARIANTS
+    from kernels_bench.suites.step import VARIANTS
 
     cpu = torch.device("cpu")
     fast, forced = VARIANTS["fast"].resolved(cpu), VARIANTS["fast_bf16"].resolved(cpu)

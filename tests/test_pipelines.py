@@ -311,7 +311,7 @@ def test_user_errors_for_bad_inputs_and_state():
 
 
 def test_loader_benchmark_reports_every_backend_beside_a_plain_dataloader(tmp_path):
-    from kernels_bench import loader
+    from kernels_bench.suites import loader
 
     parser = argparse.ArgumentParser()
     loader.add_arguments(parser)

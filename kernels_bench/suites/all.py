@@ -6,8 +6,9 @@ A suite that fails is recorded with its error and the others still run; the exit
 from __future__ import annotations
 
 import argparse
-import importlib
 import traceback
+
+from kernels_bench.__main__ import suite_module
 
 ORDER = ("prepare", "loader", "kernels", "step", "e2e", "parity")
 # the smallest arguments that still run every code path (for tests); --smoke adds these
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _suite_argv(name: str, args: argparse.Namespace) -> list[str]:
-    module = importlib.import_module(f"kernels_bench.{name}")
+    module = suite_module(name)
     cpu_only = tuple(getattr(module, "DEVICES", ("cpu", "cuda"))) == ("cpu",)
     argv = [name, "--device", "auto" if cpu_only else args.device]
     if args.smoke:
@@ -71,6 +72,6 @@ def to_markdown(report: dict) -> str:
         if "error" in suite_report:
             lines += [f"### {suite_report['suite']}: FAILED", "", f"`{suite_report['error']}`", ""]
             continue
-        module = importlib.import_module(f"kernels_bench.{suite_report['suite']}")
+        module = suite_module(suite_report["suite"])
         lines += [render_markdown(suite_report, module), f"({suite_report['seconds']} s)", ""]
     return "\n".join(lines) + "\n"

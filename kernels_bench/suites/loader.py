@@ -18,10 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from fasttrain.config import DataConfig
 from fasttrain.data.pipelines import build_pipeline
-from fasttrain.data.pipelines.backend_choice import BACKENDS, dali_importable
+from fasttrain.data.pipelines.backend_choice import BACKENDS
 from fasttrain.data.pipelines.reference_pipeline import study_transform
+from kernels_bench.core import doing, emit, require_dali
 
 PLAIN = "plain_dataloader"
+# the torch backend with the split kept on the host (data.device_memory_cap_gb = 0): the path a split larger than the
+# cap takes, gathered on the host and copied per batch
+NONRESIDENT = "torch_nonresident"
 WARMUP_BATCHES = 3
 
 
@@ -31,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=None,
                         help="steady-state batches timed per source (default 100; --quick 8, --smoke 3)")
     parser.add_argument("--backends", default=f"{PLAIN},reference,torch,dali",
-                        help=f"comma-separated subset of {PLAIN},{','.join(BACKENDS)}")
+                        help=f"comma-separated subset of {PLAIN},{NONRESIDENT},{','.join(BACKENDS)}")
+    parser.add_argument("--require-dali", action="store_true",
+                        help="fail, rather than skip dali, when nvidia.dali is not importable")
 
 
 def _synthetic_split(count: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,26 +114,30 @@ def run(args: argparse.Namespace) -> dict:
     size = args.image_size
     steady = args.batches or (3 if smoke else 8 if quick else 100)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(wanted) - set(BACKENDS) - {PLAIN})
+    unknown = sorted(set(wanted) - set(BACKENDS) - {PLAIN, NONRESIDENT})
     if unknown:
         from fasttrain.errors import UserError
 
-        raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {PLAIN}, {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {PLAIN}, {NONRESIDENT}, {', '.join(BACKENDS)}")
     skipped = {}
-    if "dali" in wanted and not dali_importable():
+    if "dali" in wanted and not require_dali(getattr(args, "require_dali", False)):
         wanted.remove("dali")
         skipped["dali"] = "nvidia.dali is not importable here"
     images, labels = _synthetic_split(batch * (steady + 1), size)  # one pass = the timed pass's batches + its first
 
     sources: dict[str, dict] = {}
     for name in wanted:
-        cfg = DataConfig(backend="reference" if name == PLAIN else name, image_size=size, augment="rrc")
-        if name == PLAIN:
-            passes = _plain_passes(images, labels, cfg, batch, device)
-        else:
-            pipe = build_pipeline(cfg, images, labels, train=True, batch_size=batch, device=device, seed=0)
-            passes = _pipeline_passes(pipe)
-        sources[name] = measure(passes, device)
+        backend = {PLAIN: "reference", NONRESIDENT: "torch"}.get(name, name)
+        cfg = DataConfig(backend=backend, image_size=size, augment="rrc",
+                         **({"device_memory_cap_gb": 0.0} if name == NONRESIDENT else {}))
+        with doing(f"loader {name}"):
+            if name == PLAIN:
+                passes = _plain_passes(images, labels, cfg, batch, device)
+            else:
+                pipe = build_pipeline(cfg, images, labels, train=True, batch_size=batch, device=device, seed=0)
+                passes = _pipeline_passes(pipe)
+            sources[name] = measure(passes, device)
+        emit("loader", {"source": name, **sources[name]})
         del passes
     for stats in sources.values():
         for base in (PLAIN, "reference"):
@@ -143,7 +153,8 @@ def run(args: argparse.Namespace) -> dict:
         "suite": "loader", "device": str(device), "batch_size": batch, "image_size": size,
         "augment": "rrc+hflip+normalize", "torch_threads": torch.get_num_threads(), "backends": sources,
         "skipped": skipped,
-        "note": (f"{PLAIN}: a study-style torch DataLoader (torchvision RandomResizedCrop, flip, ToTensor, Normalize per "
+        "note": (f"{NONRESIDENT}: the torch backend with data.device_memory_cap_gb = 0 (split on the host, gathered and "
+                 f"copied per batch). {PLAIN}: a study-style torch DataLoader (torchvision RandomResizedCrop, flip, ToTensor, Normalize per "
                  "sample; 2 workers; shuffle; random uint8 images) - the honest baseline. images_per_s: steady state of a "
                  "warm pass (its first batch excluded, timed as pass_start_s: DALI's graph build, workers' hand-out); "
                  "cold_first_batch_s: the very first batch (process start-up of workers, CUDA/DALI initialisation)"),

@@ -20,10 +20,9 @@ import gc
 import torch
 
 from fasttrain.models.counting import train_flops_per_image
-from kernels_bench.measure.crash_guard import first_crashes
-from kernels_bench.measure.flops import bf16_matmul_peak_flops, datasheet_peak
-from kernels_bench.measure.timing import apply_backend_settings, load_average, peak_memory_mb, reset_peak_memory, time_calls
-from kernels_bench.measure.train_step import StepSettings, SyntheticTrainStep
+from kernels_bench.core import (StepSettings, SyntheticTrainStep, apply_backend_settings, bf16_matmul_peak_flops,
+                                datasheet_peak, doing, emit, first_call_seconds, first_crashes, inductor_cache_state,
+                                load_average, peak_memory_mb, reset_peak_memory, time_calls)
 
 VARIANTS = {
     "study": StepSettings(),
@@ -69,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int, default=64)
     group.add_argument("--compile-models", default=None,
                        help="models that get the compile/fast variants (default: all; on CPU with --quick resnet18 only)")
+    group.add_argument("--warm-compile", action="store_true",
+                       help="after each compiled case, reset torch.compile and build the same graph again: its first step "
+                            "is the warm compile (Inductor's on-disk caches hit), recorded as compile_warm_s")
 
 
 def profile_name(args: argparse.Namespace) -> str:
@@ -139,7 +141,7 @@ def _guard_crashes(cases: list[dict]) -> None:
         case["_probe"] = key
         if key not in keys:
             keys.append(key)
-    crashed = first_crashes("kernels_bench.measure.train_step:probe_step", keys)
+    crashed = first_crashes("kernels_bench.core:probe_step", keys)
     for case in cases:
         if "_probe" in case and keys.index(case["_probe"]) in crashed:
             case["skipped"] = "crashed: " + crashed[keys.index(case["_probe"])]
@@ -168,35 +170,60 @@ def run(args: argparse.Namespace) -> dict:
     if device.type == "cpu":
         _guard_crashes(cases)
     study_rate = {}
+    cache_at_start = inductor_cache_state()
     for case in cases:
         settings, flops = case.pop("_settings"), case.pop("_flops")
         case.pop("_probe", None)
         if "skipped" in case:
+            emit("step", case)
             continue
         model = case["model"]
-        step = SyntheticTrainStep(model, case["knobs"], settings, num_classes=NUM_CLASSES, batch_size=batch,
-                                  image_size=args.image_size, device=device)
-        reset_peak_memory(device)
-        warmup = sizes["warmup"] + (1 if settings.compile else 0)
-        timing = time_calls(step, device, warmup=warmup, repeats=sizes["repeats"], calls_per_repeat=sizes["calls"])
-        rate = batch / timing.median_s
-        if case["variant"] == "study":
-            study_rate[model] = rate
-        case.update(
-            images_per_s=round(rate, 2), step_ms=round(timing.median_s * 1000, 2), spread=round(timing.spread, 3),
-            peak_mem_mb=peak_memory_mb(device), warmup_s=round(timing.warmup_s, 2),
-            # the first call of a compiled step traces and compiles; later warm-up calls run at speed
-            compile_s=round(max(0.0, timing.warmup_s - warmup * timing.median_s), 2) if settings.compile else None,
-            vs_study=round(rate / study_rate[model], 3) if model in study_rate else None,
-            mfu=round(flops * rate / peak, 4) if peak else None,
-            mfu_datasheet=round(flops * rate / sheet["flops"], 4) if sheet else None,
-            load_average=load_average(),
-        )
-        print(f"step {model} {case['variant']}: {rate:,.1f} images/s"
-              + (f" (compile {case['compile_s']} s)" if settings.compile else ""), flush=True)
-        del step
+        with doing(f"step {model} {case['variant']}"):
+            _measure(case, settings, flops, sizes, batch, args, device, study_rate, peak, sheet)
+        emit("step", case)
+        print(f"step {model} {case['variant']}: {case['images_per_s']:,.1f} images/s"
+              + (f" (compile cold {case['compile_s']} s, warm {case.get('compile_warm_s')} s)" if settings.compile else ""),
+              flush=True)
         _release(device)
-    return {"cases": cases, "result": _summary(cases, device.type, peak, sheet, profile)}
+    summary = _summary(cases, device.type, peak, sheet, profile)
+    summary["inductor_cache_at_start"] = cache_at_start
+    return {"cases": cases, "result": summary}
+
+
+def _measure(case: dict, settings: StepSettings, flops: float, sizes: dict, batch: int, args, device: torch.device,
+             study_rate: dict, peak: float | None, sheet: dict | None) -> None:
+    """Time one (model, variant) case into `case`: the first call apart (a compiled step's compilation), then the
+    median of timed repeats; with --warm-compile, the same graph once more after torch.compiler.reset()."""
+    model = case["model"]
+
+    def new_step() -> SyntheticTrainStep:
+        return SyntheticTrainStep(model, case["knobs"], settings, num_classes=NUM_CLASSES, batch_size=batch,
+                                  image_size=args.image_size, device=device)
+
+    step = new_step()
+    reset_peak_memory(device)
+    first_s = first_call_seconds(step, device)
+    timing = time_calls(step, device, warmup=sizes["warmup"], repeats=sizes["repeats"], calls_per_repeat=sizes["calls"])
+    rate = batch / timing.median_s
+    if case["variant"] == "study":
+        study_rate[model] = rate
+    case.update(
+        images_per_s=round(rate, 2), step_ms=round(timing.median_s * 1000, 2), spread=round(timing.spread, 3),
+        peak_mem_mb=peak_memory_mb(device), first_step_s=round(first_s, 2),
+        # the first call of a compiled step traces and compiles; the calls after it run at speed
+        compile_s=round(max(0.0, first_s - timing.median_s), 2) if settings.compile else None,
+        vs_study=round(rate / study_rate[model], 3) if model in study_rate else None,
+        mfu=round(flops * rate / peak, 4) if peak else None,
+        mfu_datasheet=round(flops * rate / sheet["flops"], 4) if sheet else None,
+        load_average=load_average(),
+    )
+    del step
+    if settings.compile and args.warm_compile:
+        torch.compiler.reset()  # dynamo forgets the graph; Inductor's caches (in memory and on disk) remain
+        _release(device)
+        again = new_step()
+        case["compile_warm_s"] = round(max(0.0, first_call_seconds(again, device) - timing.median_s), 2)
+        del again
 
 
 def _summary(cases: list[dict], device: str, peak: float | None, sheet: dict | None, profile: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fasttrain.engine.evaluate import evaluate
-from kernels_bench.measure.trainer_run import merge, synthetic_data, train_for_steps
+from kernels_bench.core import merge, synthetic_data, train_for_steps
 
 FAMILIES = {"vgg": "vgg19", "resnet": "resnet18", "resnext": "resnext50_32x4d", "t2t": "t2t_vit_t_14"}
 # reduced widths for CPU; t2t keeps 64×64 input (the trainer has no img_size knob) with coarser soft splits

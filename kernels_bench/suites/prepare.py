@@ -23,7 +23,7 @@ from pathlib import Path
 from fasttrain.data.prepare import default_workers
 from fasttrain.data.synthetic import write_synthetic
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEVICES = ("cpu",)  # decoding runs on CPU cores only
 _SAMPLE_SECONDS = 0.1  # one sample costs ~4 ms of CPU; more often would slow what is measured
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels_bench.measure.timing import time_calls
+from kernels_bench.core import time_calls
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (batch, channels, side): resnet18's stage-2 conv and resnext50's stage-1 grouped conv at 64×64 input

@@ -1,1 +1,0 @@
-"""The GPU check's stages that are not benchmark suites (sync audit, DALI output lifetime, T2T attention) and its summary."""
