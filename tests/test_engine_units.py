@@ -244,3 +244,13 @@ def test_datasheet_peaks_and_mfu():
     assert mfu_pct(1e9, 1000.0, 1.0) == pytest.approx(100.0)
     assert mfu_pct(1e9, 1000.0, 1.0, devices=4) == pytest.approx(25.0)
     assert math.isclose(mfu_pct(3 * 4.1e9, 10_000, 989.0), 100 * 1.23e14 / 9.89e14)
+
+
+def test_a_longer_gpu_name_is_matched_before_a_name_it_contains():
+    from fasttrain.engine.metrics import DATASHEET_BF16_TFLOPS
+
+    assert datasheet_peak_tflops("NVIDIA H200 NVL") == 835.0  # not the SXM part's 989 (issue 17, GPU-path defect 9)
+    assert datasheet_peak_tflops("NVIDIA H100 NVL") == 835.0
+    keys = [key for key, _ in DATASHEET_BF16_TFLOPS]
+    for i, key in enumerate(keys):
+        assert not any(key.lower() in later.lower() for later in keys[i + 1:]), f"{key!r} would shadow a later, longer name"

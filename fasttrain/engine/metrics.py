@@ -174,8 +174,10 @@ def mfu_inputs(cfg, device: torch.device, num_classes: int, log) -> dict[str, fl
 
 # ---- datasheet peaks and MFU ----
 # Dense (no sparsity) bf16 tensor-core TFLOP/s with fp32 accumulation, from the vendors' datasheets.
-# Checked in order: a longer name comes before a name it contains ("H100 PCIe" before "H100", "L40S" before "L40" before "L4").
+# Checked in order: a longer name comes before a name it contains ("H200 NVL" before "H200", "H100 PCIe" before "H100",
+# "L40S" before "L40" before "L4"); a test checks the order.
 DATASHEET_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H200 NVL", 835.0),   # 1,671 with sparsity (H200 datasheet, NVL column)
     ("H200", 989.0),       # H200 SXM
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
