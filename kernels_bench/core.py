@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 CASES_ENV = "KERNELS_BENCH_CASES"
 _position: list[str] = []
+_interrupted_at: list[str] = []  # the position when a KeyboardInterrupt left it (the innermost one)
 
 
 def emit(suite: str, case: dict) -> None:
@@ -56,12 +57,17 @@ def doing(what: str) -> Iterator[None]:
     print(f"... {' / '.join(_position)}", flush=True)
     try:
         yield
+    except KeyboardInterrupt:
+        if not _interrupted_at:
+            _interrupted_at.append(" / ".join(_position))
+        raise
     finally:
         _position.pop()
 
 
 def position() -> str:
-    return " / ".join(_position) or "(between cases)"
+    """The work in progress, or where an interrupt stopped it."""
+    return (_interrupted_at[0] if _interrupted_at else " / ".join(_position)) or "(between cases)"
 
 
 # ----------------------------------------------------------------------------------------------- timing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import random
 
 import numpy as np
@@ -254,3 +255,25 @@ def test_a_longer_gpu_name_is_matched_before_a_name_it_contains():
     keys = [key for key, _ in DATASHEET_BF16_TFLOPS]
     for i, key in enumerate(keys):
         assert not any(key.lower() in later.lower() for later in keys[i + 1:]), f"{key!r} would shadow a later, longer name"
+
+
+def test_deterministic_on_cuda_fixes_the_cublas_workspace_and_says_what_it_cannot_guarantee(monkeypatch):
+    from fasttrain.config import TrainConfig
+    from fasttrain.engine.runtime import configure_backends
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        # no CUDA call is made: the flags and the variable are set before the model computes anything
+        note = configure_backends(TrainConfig(deterministic=True), torch.device("cuda"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is False
+        assert note and "not guaranteed" in note and "\n" not in note
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a user's own choice is kept
+        configure_backends(TrainConfig(deterministic=True), torch.device("cuda"))
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+        assert configure_backends(TrainConfig(deterministic=True), torch.device("cpu")) is None  # CPU: bit-exact
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) = saved[2:]

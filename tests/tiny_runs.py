@@ -26,7 +26,9 @@ TINY = [
     "data.source=synthetic", "data.image_size=32", "data.synth_classes=4", "data.synth_per_class=40",
     "data.synth_val_per_class=10", "data.backend=torch", "data.prepare_workers=1",
     "model.name=resnet18", "model.width=0.125", "model.layers=[1,1,1,1]",
-    "train.batch_size=16", "train.amp=off", "train.deterministic=true", "log.every_steps=1",
+    # on the CPU: the bit-exact resume and fault tests need CPU determinism (on a CUDA machine the default device would
+    # be the GPU, where some backward kernels have no deterministic version); a test that means CUDA sets it after
+    "train.device=cpu", "train.batch_size=16", "train.amp=off", "train.deterministic=true", "log.every_steps=1",
     "log.progress=false", "log.tensorboard=false",
 ]
 STEPS_PER_EPOCH = 8
@@ -41,14 +43,14 @@ def tiny_args(data_root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def tiny_trainer(data_root: Path, out: Path, *extra: str):
-    """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process; CPU unless
-    `extra` sets train.device)."""
+    """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process; CPU, as TINY
+    says, unless `extra` sets train.device)."""
     from fasttrain.config import load_config
     from fasttrain.engine.launch import open_dataset
     from fasttrain.engine.distributed import DistInfo
     from fasttrain.engine.trainer import Trainer
 
-    cfg = load_config(QUICKSTART, [f'data.root="{data_root}"', "train.device=cpu", *TINY, *extra])
+    cfg = load_config(QUICKSTART, [f'data.root="{data_root}"', *TINY, *extra])
     info = DistInfo(0, 1, 0, torch.device(cfg.train.device))
     return Trainer(cfg, cfg_name="tiny", run_dir=out, info=info, cache=open_dataset(cfg.data, info), log=lambda m: None)
 

@@ -3,6 +3,8 @@ choice, and the training forward in the fixed order channels_last → torch.comp
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from fasttrain.config import Config, TrainConfig
@@ -71,15 +73,28 @@ def autocast(amp: str, device: torch.device):
     return torch.autocast(device.type, dtype=AMP_DTYPES.get(amp, torch.float32), enabled=amp != "off")
 
 
-def configure_backends(train: TrainConfig, device: torch.device) -> None:
+def configure_backends(train: TrainConfig, device: torch.device) -> str | None:
     """TF32, cuDNN autotuning and deterministic algorithms as [train] asks; benchmarks call it too, so both
-    sides of a comparison run under the same settings."""
+    sides of a comparison run under the same settings. Returns the one line a deterministic CUDA run logs: what
+    it cannot guarantee (None elsewhere: on CPU the same seed gives the same losses bit for bit)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = train.tf32
         torch.backends.cudnn.allow_tf32 = train.tf32
         torch.backends.cudnn.benchmark = not train.deterministic
-    if train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if not train.deterministic:
+        return None
+    if device.type == "cuda":
+        # cuBLAS sizes its workspace once, when its handle is made at the process's first matmul: this runs before
+        # the model computes anything (a user's own value is kept)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # strict on CPU; on CUDA some backward kernels (adaptive average pooling's, index_add's) have no deterministic
+    # version, and strict mode would refuse to train the ResNets at all: those warn instead
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+    if device.type != "cuda":
+        return None
+    return (f"train.deterministic on CUDA: cuBLAS workspace fixed (CUBLAS_WORKSPACE_CONFIG="
+            f"{os.environ['CUBLAS_WORKSPACE_CONFIG']}), deterministic cuDNN, no autotuning; ops without a deterministic "
+            "CUDA kernel only warn (torch's warn_only), so bit-identical repeats are not guaranteed where one warns")
 
 
 # ---- compilation and the training forward ----

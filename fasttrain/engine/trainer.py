@@ -67,7 +67,9 @@ class Trainer:
         self.device = info.device
         self.amp = resolve_amp(cfg.train.amp, info.device)
         self.plan = batch_sizes(cfg, world_size=info.world_size, train_size=len(cache.split("train")[0]), where=cfg_name)
-        configure_backends(cfg.train, self.device)
+        determinism_note = configure_backends(cfg.train, self.device)
+        if determinism_note:
+            self.log(determinism_note)
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         self.model = build_model(cfg, cache.num_classes).to(self.device)  # the plain module: checkpoints and eval use it
         self.num_params = count_parameters(self.model)
