@@ -4,8 +4,9 @@
 # Nothing is installed from a registry: the working tree runs from PYTHONPATH with the machine's own packages, and
 # DALI comes as wheel parts carried one per call (kernels_bench/dali_wheel.py), installed under /tmp once all are there.
 #
-# Usage: bash kernels_bench/gpu_check.sh [--dry-run] [--call 1|2|3|4|all] OUT_DIR
+# Usage: bash kernels_bench/gpu_check.sh [--dry-run] [--call 1|2|3|4|all] [--only STAGE,...] OUT_DIR
 #   --call N   the stages of call N of the plan (kernels_bench/RESULTS.md, "GPU plan"); default: all of them
+#   --only S   of those, these stages alone (a retry: `--call 4 --only loader,e2e` with TOTAL_S=110)
 #   --dry-run  every stage at smoke size on this CPU (what needs CUDA is skipped and says so): proof the script works
 #
 # Results survive a budget or a kill: each stage runs under `timeout --signal=INT` (Python says where it was), each
@@ -17,15 +18,18 @@ set -uo pipefail
 
 DRY_RUN=0
 CALL=all
+ONLY=
 while [ $# -gt 1 ]; do
     case $1 in
         --dry-run) DRY_RUN=1; shift ;;
         --call) CALL=${2:-}; shift 2 ;;
+        --only) ONLY=${2:-}; shift 2 ;;
         *) break ;;
     esac
 done
+USAGE="usage: bash kernels_bench/gpu_check.sh [--dry-run] [--call 1|2|3|4|all] [--only STAGE,...] OUT_DIR"
 if [ $# -ne 1 ] || [[ ! $CALL =~ ^(1|2|3|4|all)$ ]]; then
-    echo "usage: bash kernels_bench/gpu_check.sh [--dry-run] [--call 1|2|3|4|all] OUT_DIR" >&2
+    echo "$USAGE" >&2
     exit 2
 fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,16 +43,24 @@ declare -A PLAN=(
     [1]="dali_parts preflight step_resnet50 t2t_attention"
     [2]="dali_parts preflight step_resnext50 forward_parity"
     [3]="dali_parts preflight pytest ddp_buckets"
-    [4]="dali_parts preflight loader sync_audit dali_reuse e2e"
+    [4]="dali_parts preflight loader e2e sync_audit dali_reuse"
 )
-declare -A CALL_S=([1]=160 [2]=130 [3]=130 [4]=190 [all]=900)
-declare -A BUDGET=([preflight]=20 [dali_parts]=60 [step_resnet50]=120 [t2t_attention]=25 [step_resnext50]=95
-                   [forward_parity]=30 [pytest]=85 [ddp_buckets]=35 [loader]=35 [sync_audit]=35 [dali_reuse]=20
-                   [e2e]=95)
+declare -A CALL_S=([1]=150 [2]=120 [3]=120 [4]=180 [all]=900)
+declare -A BUDGET=([dali_parts]=35 [preflight]=15 [step_resnet50]=110 [t2t_attention]=20 [step_resnext50]=80
+                   [forward_parity]=20 [pytest]=75 [ddp_buckets]=25 [loader]=30 [e2e]=75 [sync_audit]=20 [dali_reuse]=10)
 if [ "$CALL" = all ]; then
-    STAGES="dali_parts preflight step_resnet50 t2t_attention step_resnext50 forward_parity pytest ddp_buckets loader sync_audit dali_reuse e2e"
+    STAGES="${PLAN[1]} ${PLAN[2]#dali_parts preflight } ${PLAN[3]#dali_parts preflight } ${PLAN[4]#dali_parts preflight }"
 else
     STAGES=${PLAN[$CALL]}
+fi
+if [ -n "$ONLY" ]; then
+    for stage in ${ONLY//,/ }; do
+        if [[ " $STAGES " != *" $stage "* ]]; then
+            echo "gpu_check: --only $stage: not a stage of call $CALL ($STAGES); $USAGE" >&2
+            exit 2
+        fi
+    done
+    STAGES=${ONLY//,/ }
 fi
 TOTAL_S=${TOTAL_S:-${CALL_S[$CALL]}}
 

@@ -22,7 +22,7 @@ from kernels_bench.__main__ import run_suite
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "kernels_bench" / "gpu_check.sh"
 ALL_STAGES = ["dali_parts", "preflight", "step_resnet50", "t2t_attention", "step_resnext50", "forward_parity", "pytest",
-              "ddp_buckets", "loader", "sync_audit", "dali_reuse", "e2e"]
+              "ddp_buckets", "loader", "e2e", "sync_audit", "dali_reuse"]
 # what the GPU machine sends back: at most 8 files, at most 2 folders down, named in letters, digits, '.', '_', '-'
 BACK_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -221,6 +221,10 @@ def test_gpu_check_is_valid_bash_with_python3_and_no_install_step():
     assert "pip install" not in script and "timeout --signal=INT" in script and "PYTHONUNBUFFERED=1" in script
 
 
-def test_dry_run_usage_errors_exit_2(tmp_path):
+def test_usage_errors_exit_2(tmp_path):
     result = subprocess.run(["bash", str(SCRIPT), "--call", "7", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "usage" in result.stderr
+    result = subprocess.run(["bash", str(SCRIPT), "--call", "1", "--only", "loader", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "not a stage of call 1" in result.stderr
+    assert not (tmp_path / "summary.json").exists()
