@@ -175,5 +175,7 @@ def exclusive_lock_or_fail(target: str | os.PathLike, holder: dict,
             yield lock_file
         finally:
             os.ftruncate(fd, 0)  # released: nobody is named as holder any more
+            # Unlocked explicitly: a forked child (a DataLoader worker) shares this descriptor and would keep it.
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(fd)  # the last descriptor closed releases the flock
+        os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -134,6 +135,30 @@ def test_second_writer_is_refused_naming_the_holder_and_kill_9_leaves_no_stale_l
     resumed = run_in_process(args + ["--resume", "auto"], check=True)  # the kernel released the dead holder's lock
     assert "resume: " in resumed.stdout
     assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_under_torchrun_the_lock_is_rank_0s_and_every_rank_stops_when_it_is_held(data_root, tmp_path):
+    run = tmp_path / "run"
+    hold = ("import sys\nfrom fasttrain.atomic import exclusive_lock_or_fail\n"
+            "with exclusive_lock_or_fail(sys.argv[1], {'pid': 1, 'host': 'elsewhere', 'since': 'then'}):\n"
+            "    print('holding', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "fasttrain", *tiny_args(data_root, run, *RUN)], cwd=ROOT, capture_output=True,
+                              text=True, env=subprocess_env(), timeout=600)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    printed = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(printed) == 1, proc.stderr[-3000:]
+    assert "is in use by another training (pid 1 on elsewhere since then)" in printed[0]
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)) <= {"2", "-15"}, proc.stderr[-3000:]
+    assert not run.exists()
 
 
 def test_ctrl_c_mid_epoch_saves_a_checkpoint_there_and_its_resume_command_continues_exactly(data_root, reference,

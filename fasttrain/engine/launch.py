@@ -82,6 +82,9 @@ def holding_run_dir(run_dir: Path, info: DistInfo):
             me = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
             try:
                 stack.enter_context(exclusive_lock_or_fail(run_dir, me, _lock_patience_s))
+            except OSError as err:  # every rank must hear of it, or the others wait for rank 0 until the timeout
+                refused = (f"cannot lock run directory {run_dir} ({err.strerror}: {err.filename}); check that "
+                           f"{run_dir.parent} is a writable folder, or pass another --out")
             except LockHeld as held:
                 h = held.holder
                 who = f"pid {h['pid']} on {h.get('host', '?')} since {h.get('since', '?')}" if "pid" in h else "another process"

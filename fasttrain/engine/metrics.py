@@ -302,5 +302,7 @@ def progress_bar(enabled: bool, *, total: int, initial: int, desc: str):
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
-    yield bar
-    bar.close()
+    try:
+        yield bar
+    finally:  # also when Ctrl-C or an error ends the epoch: the line after it starts on a clean row
+        bar.close()
