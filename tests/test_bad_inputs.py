@@ -205,7 +205,7 @@ ROWS = {
                                          "checkpoint not found", "in"),
     "checkpoint-of-another-model": Row(lambda s: fresh(s, "model.name=resnet34",
                                                        extra=("--resume", str(s.checkpoint()))), 2,
-                                       "is for model 'resnet18' with 4 classes, but the config asks for 'resnet34'",
+                                       "with a changed config: model.name 'resnet18' → 'resnet34';",
                                        "in"),
     "resume-auto-with-changed-knobs": Row(lambda s: tiny_args(s.data, s.unfinished, "train.epochs=1",
                                                               "model.width=0.25") + ["--resume", "auto"], 2,
