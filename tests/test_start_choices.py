@@ -34,7 +34,8 @@ def test_amp_auto_on_cpu_is_measured_on_the_model_and_a_resume_keeps_the_choice(
     found = AMP_LINE.search(first.stdout)
     assert found, first.stdout
     fp32, bf16, choice = int(found[1]), int(found[2]), found[4]
-    assert choice == ("bf16" if bf16 > fp32 else "fp32 (amp off)")
+    if bf16 != fp32:  # (figures equal once rounded: either choice is the faster one)
+        assert choice == ("bf16" if bf16 > fp32 else "fp32 (amp off)")
     chosen = "bf16" if choice == "bf16" else "off"
     assert f"| amp {chosen} |" in first.stdout
     assert ckpt_io.load_checkpoint(ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1])["meta"]["amp"] == chosen
