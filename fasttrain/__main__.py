@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 from pathlib import Path
 
-from fasttrain.errors import OneLineArgumentParser, UserError, run_cli
+from fasttrain.errors import OneLineArgumentParser, UserError, did_you_mean, run_cli
+
+COMMANDS = {
+    "train": "train a model (the default: `python -m fasttrain --cfg X` is `python -m fasttrain train --cfg X`)",
+    "eval": "top-1/top-5 of a saved checkpoint, optionally a per-class report",
+    "predict": "classify image files or folders with a checkpoint or an exported bundle",
+    "export": "write a trained model as safetensors, torch.export (.pt2) or ONNX, checked against the eager model",
+}
 
 
 def _dotted_overrides(extra: list[str]) -> list[str]:
@@ -30,7 +39,10 @@ def _dotted_overrides(extra: list[str]) -> list[str]:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="python -m fasttrain", description="Train an image classifier from a TOML config.")
+    commands = "\n".join(f"  {name:<9}{what}" for name, what in COMMANDS.items())
+    p = OneLineArgumentParser(prog="python -m fasttrain", formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description="Train an image classifier from a TOML config.",
+                              epilog=f"commands (`python -m fasttrain COMMAND --help` for each):\n{commands}")
     p.add_argument("--cfg", required=True, help="experiment config, e.g. configs/quickstart.toml")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (a TOML literal); repeatable; --section.key=value works too")
@@ -41,6 +53,49 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def quiet_openmp_on_a_busy_machine(log=print) -> None:
+    """When the 1-minute load already exceeds the usable cores, OpenMP threads that spin while they wait fight the
+    other work for the cores (training 6-10x slower was seen). Say so in one line; unless the user set
+    OMP_WAIT_POLICY, make them sleep instead (PASSIVE) — which takes effect only if torch is not imported yet."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load <= cores:
+        return
+    busy = f"busy machine: 1-minute load {load:.1f} on {cores} usable cores"
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    if policy is not None:
+        if policy.upper() == "PASSIVE":
+            log(f"{busy}; OMP_WAIT_POLICY=PASSIVE is set, so OpenMP threads sleep while they wait")
+        else:
+            log(f"{busy}; OMP_WAIT_POLICY={policy} makes OpenMP threads spin while they wait, which can slow "
+                f"training several times here: set OMP_WAIT_POLICY=PASSIVE")
+    elif "torch" in sys.modules:
+        log(f"{busy}; OpenMP threads spin while they wait, which can slow training several times here: "
+            f"start with OMP_WAIT_POLICY=PASSIVE")
+    else:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        log(f"{busy}; OpenMP threads will sleep while they wait (OMP_WAIT_POLICY=PASSIVE set for this run; "
+            f"set OMP_WAIT_POLICY=ACTIVE to have them spin)")
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues a run started with `argv` (train arguments): the same, with --resume auto."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            kept.append(arg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "the same torchrun command with --resume auto"
+    return shlex.join(["python", "-m", "fasttrain", *kept, "--resume", "auto"])
+
+
 def train_main(argv: list[str]) -> int:
     from fasttrain.config import load_config, to_toml
 
@@ -49,11 +104,19 @@ def train_main(argv: list[str]) -> int:
     if args.print_config:
         print(to_toml(cfg), end="")
         return 0
+    quiet_openmp_on_a_busy_machine(log=print if os.environ.get("RANK", "0") == "0" else (lambda msg: None))
     from fasttrain.engine.launch import run_training
+    from fasttrain.engine.trainer import TrainingInterrupted
 
     cfg_name = Path(args.cfg).stem
     out = Path(args.out) if args.out else Path("runs") / cfg_name
-    run_training(cfg, cfg_name=cfg_name, run_dir=out, resume=args.resume)
+    try:
+        run_training(cfg, cfg_name=cfg_name, run_dir=out, resume=args.resume)
+    except TrainingInterrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"interrupted at step {stop.step}; checkpoint {stop.checkpoint} written; continue with: "
+                  f"{resume_command(argv)}", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
@@ -132,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         return export_main(argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
+    elif argv and not argv[0].startswith("-"):  # training takes no positional argument: a mistyped command
+        raise UserError(f"unknown command '{argv[0]}'; {did_you_mean(argv[0], list(COMMANDS))}"
+                        f"commands: {', '.join(COMMANDS)} (see python -m fasttrain --help)")
     return train_main(argv)
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -127,3 +128,54 @@ def exclusive_lock(target: str | os.PathLike) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; `holder` is what that process recorded in the lock file ({} when unreadable)."""
+
+    def __init__(self, lock_file: Path, holder: dict):
+        super().__init__(f"{lock_file} is held by {holder or 'another process'}")
+        self.lock_file, self.holder = lock_file, holder
+
+
+def read_lock_holder(lock_file: str | os.PathLike) -> dict:
+    """What the holder of `lock_file` recorded (pid, host, since), or {} when nothing readable is there yet."""
+    try:
+        holder = json.loads(Path(lock_file).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+@contextlib.contextmanager
+def exclusive_lock_or_fail(target: str | os.PathLike, holder: dict,
+                           patience_s: Callable[[dict], float] = lambda holder: 0.0) -> Iterator[Path]:
+    """Hold an flock on `.<name>.lock` beside `target` for the duration without queueing behind another holder:
+    LockHeld when it is taken. `patience_s(record)` says how long to keep retrying given what the current holder
+    recorded (0: give up at once). The holder writes `holder` (JSON) into the lock file, so a refused process can
+    name it; the kernel releases the lock when the holder dies, so a kill -9 never leaves it stale.
+    """
+    lock_file = lock_path_for(target)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    start = time.monotonic()
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                seen = read_lock_holder(lock_file)
+                if time.monotonic() - start >= patience_s(seen):
+                    raise LockHeld(lock_file, seen) from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        try:
+            yield lock_file
+        finally:
+            os.ftruncate(fd, 0)  # released: nobody is named as holder any more
+            # Unlocked explicitly: a forked child (a DataLoader worker) shares this descriptor and would keep it.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

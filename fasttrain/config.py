@@ -150,7 +150,7 @@ class TrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
-    """"auto": bf16 where the device runs it natively (most GPUs; CPUs with AVX512-BF16/AMX), fp16 on older GPUs, else off."""
+    """"auto": bf16 on GPUs that have it, fp16 on older GPUs; on a CPU the faster of fp32 and bf16 as measured on the model."""
     channels_last: bool = True
     tf32: bool = True
     deterministic: bool = False

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fasttrain.atomic import lock_path_for
+
 
 class _Entry:
     """A file or folder of a run directory: `RunDir(path).<entry>` is its path."""
@@ -35,6 +37,15 @@ class RunDir:
     best_model = _Entry("best_model.pt")
     """The plain model's weights at its best val top-1."""
     tensorboard = _Entry("tb")
+    config_changes = _Entry("config_changes.jsonl")
+    """Append-only: one JSON line per resume that changed a setting allowed to change (the step it took effect
+    from, and old → new per key); config.toml is rewritten to the new config only then."""
+
+    @property
+    def lock(self) -> Path:
+        """The lock a training holds for its whole run: `.<name>.lock` beside the directory (fasttrain.atomic), so
+        a refused start creates nothing inside it."""
+        return lock_path_for(self.path)
 
     def __post_init__(self):
         object.__setattr__(self, "path", Path(self.path))

@@ -205,11 +205,11 @@ ROWS = {
                                          "checkpoint not found", "in"),
     "checkpoint-of-another-model": Row(lambda s: fresh(s, "model.name=resnet34",
                                                        extra=("--resume", str(s.checkpoint()))), 2,
-                                       "is for model 'resnet18' with 4 classes, but the config asks for 'resnet34'",
+                                       "with a changed config: model.name 'resnet18' → 'resnet34';",
                                        "in"),
     "resume-auto-with-changed-knobs": Row(lambda s: tiny_args(s.data, s.unfinished, "train.epochs=1",
                                                               "model.width=0.25") + ["--resume", "auto"], 2,
-                                          "does not fit the configured resnet18", "in"),
+                                          "with a changed config: model.width 0.125 → 0.25;", "in"),
     "finished-run-dir": Row(lambda s: tiny_args(s.data, s.finished, "train.epochs=1"), 2,
                             "already holds a finished run", "in"),
     "finished-run-dir-resume-auto-does-nothing": Row(lambda s: tiny_args(s.data, s.finished, "train.epochs=1")
@@ -261,7 +261,45 @@ ROWS = {
                                          prepare=lambda monkeypatch: monkeypatch.setitem(sys.modules, "onnxscript", None)),
     "eval-batch-0": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--batch-size", "0"], 2,
                         "--batch-size must be at least 1", "in"),
+    # run directories in use, resumes with another config, mistyped commands (issue 20)
+    "unknown-command": Row(lambda s: ["predcit", "--ckpt", str(s.scratch / "x.pt")], 2,
+                           "unknown command 'predcit'; did you mean 'predict'?"),
+    "run-dir-in-use": Row(lambda s: held_by_another_process(s, fresh(s)), 2, "is in use by another training (pid ",
+                          "in"),
+    "resume-with-changed-lr": Row(lambda s: tiny_args(s.data, s.unfinished, "train.epochs=1", "optim.lr=0.5")
+                                  + ["--resume", "auto"], 2, "with a changed config: optim.lr 0.05 → 0.5;", "in"),
+    "resume-extending-a-cosine-run": Row(lambda s: tiny_args(s.data, s.unfinished, "train.epochs=4")
+                                         + ["--resume", "auto"], 2,
+                                         "train.epochs 1 → 4 (under sched.name = 'cosine' the lr of every step", "in"),
 }
+
+
+HOLD_LOCK = """
+import sys, time
+from fasttrain.atomic import exclusive_lock_or_fail
+with exclusive_lock_or_fail(sys.argv[1], {"pid": 1, "host": "elsewhere", "since": "2026-01-01 00:00:00 UTC"}):
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes the pipe (or ends)
+"""
+LOCK_HOLDERS: list[subprocess.Popen] = []
+
+
+def held_by_another_process(s: Setup, args: list[str]) -> list[str]:
+    """`args`, with s.out's run-directory lock held by another (real) process until the row's test ends."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(s.out)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    LOCK_HOLDERS.append(holder)
+    assert holder.stdout.readline().strip() == "holding"
+    return args
+
+
+@pytest.fixture(autouse=True)
+def release_lock_holders():
+    yield
+    while LOCK_HOLDERS:
+        holder = LOCK_HOLDERS.pop()
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 def one_error_line(stderr: str) -> str:

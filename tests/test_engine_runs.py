@@ -155,3 +155,92 @@ def test_cuda_steps_log_mfu_and_sync_only_on_log_steps(trainer_of):
     assert ("mfu_pct" in record) is (peak is not None)
     if peak is not None:
         assert 0.0 < record["mfu_pct"] < 100.0
+
+
+# ---- what EMA and mixup/cutmix do to a step (a no-op update or an unmixed batch must fail here) ----
+def float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def test_ema_weights_move_toward_the_model_at_the_configured_decay(trainer_of):
+    trainer = trainer_of("train.ema=true", "train.ema_decay=0.9", "optim.lr=0.5")
+    batches = iter(first_batches(trainer, 2))
+    trainer.train_module.train()
+    start = float_state(trainer.ema.module)
+    trainer.train_step(batches)
+    after_one = float_state(trainer.model)
+    # timm's ModelEmaV3 (no warm-up) takes decay 0 at its first update (get_decay(1) == 0): the EMA is the model
+    assert all(torch.equal(trainer.ema.module.state_dict()[k], after_one[k]) for k in after_one)
+    assert any(not torch.equal(start[k], after_one[k]) for k in start)
+    trainer.train_step(batches)
+    after_two = float_state(trainer.model)
+    ema = float_state(trainer.ema.module)
+    moved = [k for k in after_two if not torch.equal(after_one[k], after_two[k])]
+    assert len(moved) > len(after_two) // 2  # the second step changed most weights: the check below has teeth
+    for k in after_two:  # from then on the configured decay: ema = d * ema + (1 - d) * w
+        torch.testing.assert_close(ema[k], 0.9 * after_one[k] + 0.1 * after_two[k], rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(ema[k], after_two[k]) for k in moved)
+
+
+def mixing_seen(trainer, monkeypatch, steps: int) -> list[dict]:
+    """Per train_step: the images and labels given, what the model saw, the targets the loss saw, and whether the
+    input was mixed and the targets soft."""
+    import fasttrain.engine.trainer as trainer_module
+
+    seen_inputs, seen_targets = [], []
+    trainer.model.register_forward_pre_hook(lambda module, args: seen_inputs.append(args[0].detach().clone()))
+    real_loss = trainer_module.training_loss
+
+    def loss_spy(logits, targets, smoothing):
+        seen_targets.append(targets.clone())
+        return real_loss(logits, targets, smoothing)
+
+    monkeypatch.setattr(trainer_module, "training_loss", loss_spy)
+    out = []
+    trainer.train_module.train()
+    for epoch in range(steps):
+        trainer.train_pipe.set_epoch(epoch)
+        for images, labels in trainer.train_pipe:
+            if len(out) == steps:
+                return out
+            given = images.clone()
+            trainer.train_step(iter([(images, labels)]))
+            saw, targets = seen_inputs[-1], seen_targets[-1]
+            hard = F.one_hot(labels, trainer.cache.num_classes).float()
+            out.append({"given": given, "labels": labels, "saw": saw, "targets": targets,
+                        "mixed": not torch.equal(saw, given), "soft": targets.ndim == 2 and not torch.equal(targets, hard)})
+    return out
+
+
+@pytest.mark.parametrize("settings", [("train.mixup=0.8",), ("train.cutmix=1.0",)])
+def test_mixup_and_cutmix_mix_the_batch_and_soften_its_targets_alike(trainer_of, monkeypatch, settings):
+    steps = mixing_seen(trainer_of(*settings, "train.channels_last=false"), monkeypatch, 8)
+    assert all(s["mixed"] == s["soft"] for s in steps)  # a batch is mixed exactly when its targets are soft
+    # mix_prob 1: every batch, but a CutMix box drawn at the border can hold no pixel (timm then keeps lam = 1)
+    assert sum(s["mixed"] for s in steps) >= 7
+    for s in (s for s in steps if s["mixed"]):
+        given, saw, targets, labels = s["given"], s["saw"], s["targets"], s["labels"]
+        partner = given.flip(0)  # timm mixes each image with its mirror partner in the batch
+        i = next(i for i in range(len(labels)) if labels[i] != labels.flip(0)[i])
+        if settings == ("train.mixup=0.8",):  # x' = lam x + (1 - lam) x.flip(0), one lam for the whole batch
+            d = (given[i] - partner[i]).flatten()
+            lam = ((saw[i] - partner[i]).flatten() @ d / (d @ d)).item()
+            torch.testing.assert_close(saw, lam * given + (1 - lam) * partner, rtol=1e-4, atol=1e-4)
+        else:  # a box of the partner pasted in: every pixel is the image's own or its partner's
+            own = (saw == given).all(dim=1)
+            assert torch.all(own | (saw == partner).all(dim=1))
+            lam = own[i].float().mean().item()
+        assert 0.0 < lam < 1.0
+        assert torch.allclose(targets.sum(1), torch.ones(len(targets)))
+        # the targets carry the same shares: lam of the image's own class, 1 - lam of its partner's
+        assert targets[i, labels[i]].item() == pytest.approx(lam, abs=1e-4)
+        assert targets[i, labels.flip(0)[i]].item() == pytest.approx(1 - lam, abs=1e-4)
+
+
+def test_mix_prob_mixes_that_share_of_batches(trainer_of, monkeypatch):
+    from scipy.stats import binomtest
+
+    steps = mixing_seen(trainer_of("train.mixup=0.8", "train.cutmix=1.0", "train.mix_prob=0.5"), monkeypatch, 40)
+    assert all(s["mixed"] == s["soft"] for s in steps)  # a batch is mixed exactly when its targets are soft
+    mixed = sum(s["mixed"] for s in steps)
+    assert 0 < mixed < len(steps) and binomtest(mixed, len(steps), 0.5).pvalue > 1e-3, mixed

@@ -190,7 +190,9 @@ def test_first_window_is_left_out_of_the_runs_images_per_s():
     metrics.start_epoch(fresh=True)
     steps_into(metrics, [1.0])
     first = metrics.close_window()
-    assert first["loss"] == 1.0 and first["top1"] == 1 / 8 and metrics.images_per_s() is None
+    # a short run has images/s from its warm-up window alone; once there is more, the warm-up is left out
+    assert first["loss"] == 1.0 and first["top1"] == 1 / 8
+    assert metrics.images_per_s() == pytest.approx(first["images_per_s"])
     metrics.start_window()
     steps_into(metrics, [3.0, 5.0])
     second = metrics.close_window()

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +91,102 @@ def test_kill_9_mid_run_then_resume_auto_equals_uninterrupted_run(data_root, ref
 
     resumed = run_in_process(args + ["--resume", "auto"], check=True)
     assert f"resume: {newest}" in resumed.stdout
+    assert_same_run(run, reference)
+    assert not leftover_temp_files(run)
+
+
+# --- a second writer, Ctrl-C -------------------------------------------------------------------------
+
+# Each step of the first process sleeps a little (its numbers are unchanged): it is still running when the test acts.
+SLOW_STEPS = ("import time, fasttrain.engine.trainer as trainer\n"
+              "real_step = trainer.Trainer.train_step\n"
+              "def slow_step(self, *args, **kwargs):\n"
+              "    time.sleep(0.2)\n"
+              "    return real_step(self, *args, **kwargs)\n"
+              "trainer.Trainer.train_step = slow_step")
+
+
+def test_second_writer_is_refused_naming_the_holder_and_kill_9_leaves_no_stale_lock(data_root, reference, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_args(data_root, run, *RUN)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(hooked_fasttrain(SLOW_STEPS, args), cwd=ROOT, env=subprocess_env(), stdout=log,
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: ckpt_io.list_checkpoints(RunDir(run).checkpoints) and logged_steps(run) >= 4,
+                 timeout=300, proc=first)
+        first.send_signal(signal.SIGSTOP)  # frozen mid-run: whatever changes in the run directory now, another did it
+        before = snapshot(run)
+        for extra in ([], ["--resume", "auto"]):  # a plain start, and the "continue it" a user would try next
+            second = run_cli(args + extra, check=False, timeout=300)
+            assert second.returncode == 2, second.stdout + second.stderr
+            line = second.stderr.strip()
+            assert "\n" not in line and line.startswith("error: "), second.stderr
+            assert f"is in use by another training (pid {first.pid} on {socket.gethostname()} since " in line, line
+            assert "--resume auto" not in line  # the run is not to be continued while it runs
+            assert snapshot(run) == before, "a refused writer touched the run directory"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        first.kill()
+        first.wait()
+    assert not RunDir(run).results.exists(), "the first run finished before the test could act"
+
+    resumed = run_in_process(args + ["--resume", "auto"], check=True)  # the kernel released the dead holder's lock
+    assert "resume: " in resumed.stdout
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_under_torchrun_the_lock_is_rank_0s_and_every_rank_stops_when_it_is_held(data_root, tmp_path):
+    run = tmp_path / "run"
+    hold = ("import sys\nfrom fasttrain.atomic import exclusive_lock_or_fail\n"
+            "with exclusive_lock_or_fail(sys.argv[1], {'pid': 1, 'host': 'elsewhere', 'since': 'then'}):\n"
+            "    print('holding', flush=True)\n    sys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "fasttrain", *tiny_args(data_root, run, *RUN)], cwd=ROOT, capture_output=True,
+                              text=True, env=subprocess_env(), timeout=600)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    printed = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(printed) == 1, proc.stderr[-3000:]
+    assert "is in use by another training (pid 1 on elsewhere since then)" in printed[0]
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", proc.stderr)) <= {"2", "-15"}, proc.stderr[-3000:]
+    assert not run.exists()
+
+
+def test_ctrl_c_mid_epoch_saves_a_checkpoint_there_and_its_resume_command_continues_exactly(data_root, reference,
+                                                                                           tmp_path):
+    run = tmp_path / "run"
+    args = tiny_args(data_root, run, *RUN)
+    at = random.Random().choice([s for s in range(4, TOTAL_STEPS - 2) if s % 3 and s % STEPS_PER_EPOCH])
+    print(f"Ctrl-C once step {at} is logged")
+    first = subprocess.Popen(hooked_fasttrain(SLOW_STEPS, args), cwd=ROOT, env=subprocess_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: logged_steps(run) >= at, timeout=300, proc=first)
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 130, stdout[-2000:] + stderr[-2000:]
+    stopped = ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1]
+    state = ckpt_io.load_checkpoint(stopped)
+    assert state["step"] == logged_steps(run) >= at and state["step"] % STEPS_PER_EPOCH, "not a mid-epoch checkpoint"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"interrupted at step {state['step']}; checkpoint {stopped} written; continue with: "), stderr
+    command = shlex.split(last.split("continue with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "fasttrain"] and command[3:] == args + ["--resume", "auto"]
+
+    resumed = run_in_process(command[3:], check=True)
+    assert f"resume: {stopped}" in resumed.stdout
     assert_same_run(run, reference)
     assert not leftover_temp_files(run)
 

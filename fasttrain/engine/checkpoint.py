@@ -301,6 +301,54 @@ class ResumePoint:
     state: dict[str, Any] | None = None
 
 
+# What a resume may change: settings that cannot alter the numbers of a step already taken or still to take, nor a
+# recorded result. Any other difference is refused (changed_on_resume), since the run would no longer be the run
+# its config.toml and its first epochs say it is. train.epochs is handled apart (its rule depends on the schedule).
+CHANGEABLE_ON_RESUME = {
+    "log.every_steps": "when numbers are logged (a log step computes nothing that changes the step)",
+    "log.tensorboard": "whether numbers are mirrored to TensorBoard",
+    "log.progress": "the progress bar",
+    "ckpt.every_epochs": "when checkpoints are written",
+    "ckpt.every_steps": "when checkpoints are written",
+    "ckpt.keep": "how many checkpoints are kept",
+    "train.max_steps": "where the run stops (the lr schedule spans train.epochs, not max_steps)",
+    "data.prepare_workers": "how many processes decode a cache (its bytes are checked against its checksums)",
+    "data.download": "whether a missing Tiny-ImageNet is fetched",
+    "dist.timeout_s": "how long a collective may wait before failing",
+}
+LENGTH_FREE_SCHEDULES = ("constant", "step")
+"""Schedules whose lr at a step does not depend on the run's length: only under these may train.epochs change."""
+
+
+def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """{"section.key": value} of a config as plain data (fasttrain.config.to_dict)."""
+    return {f"{section}.{key}": value for section, table in config.items() for key, value in table.items()}
+
+
+def changed_on_resume(saved: dict[str, Any], wanted: dict[str, Any], *, epoch: int, checkpoint: Path) -> dict[str, list]:
+    """The allowed changes {key: [old, new]} between a checkpoint's config and the config asked for now (both
+    fasttrain.config.to_dict; `epoch` the checkpoint's epoch, begun or done); a change that could alter a step's
+    numbers is one UserError line naming each key."""
+    old, new = flat_settings(saved), flat_settings(wanted)
+    changed = {key: [old.get(key), new.get(key)] for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
+    refused = [key for key in changed if key not in CHANGEABLE_ON_RESUME and key != "train.epochs"]
+    if "train.epochs" in changed:
+        schedule = new.get("sched.name")
+        if schedule not in LENGTH_FREE_SCHEDULES or new["train.epochs"] <= epoch:
+            refused.append("train.epochs")
+    if not refused:
+        return changed
+    listed = "; ".join(f"{key} {changed[key][0]!r} → {changed[key][1]!r}" for key in refused)
+    why = ""
+    if "train.epochs" in refused and new.get("sched.name") not in LENGTH_FREE_SCHEDULES:
+        why = (f" (under sched.name = {new.get('sched.name')!r} the lr of every step depends on train.epochs; "
+               f"only a constant or step schedule can be extended)")
+    elif "train.epochs" in refused:
+        why = f" (the checkpoint is already in epoch {epoch + 1})"
+    raise UserError(f"--resume of {checkpoint} with a changed config: {listed}{why}; resume with the settings the run "
+                    f"was trained with (its config.toml), or start a new --out")
+
+
 def resume_point(run_dir: Path, resume: str | None, log=print) -> ResumePoint:
     """Decide from `--resume` and the run directory's contents; never overwrites anything itself.
 

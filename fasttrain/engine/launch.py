@@ -3,14 +3,19 @@ and checkpoint evaluation."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import errno
+import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fasttrain.atomic import atomic_write_text
-from fasttrain.config import Config, from_dict, to_toml
+from fasttrain.atomic import LockHeld, atomic_write_text, exclusive_lock_or_fail
+from fasttrain.config import Config, DataConfig, from_dict, to_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, pick_cli_device, shutdown
 from fasttrain.engine.runtime import build_model, check_model_config
@@ -46,35 +51,74 @@ def _oom_error(cfg: Config, info: DistInfo) -> UserError:
     )
 
 
-def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | None) -> dict[str, Any] | None:
-    from fasttrain.engine.trainer import Trainer
+def _process_alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
+
+def _lock_patience_s(holder: dict) -> float:
+    """How long to wait for a held run-directory lock: a restarted torchrun worker waits for the previous attempt's
+    workers to be stopped; a holder that has died on this host is gone as soon as its forked children exit."""
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        return 60.0
+    if holder.get("host") == socket.gethostname() and not _process_alive(holder.get("pid")):
+        return 30.0
+    return 0.0
+
+
+@contextlib.contextmanager
+def holding_run_dir(run_dir: Path, info: DistInfo):
+    """Rank 0 holds the run directory's lock for the whole run (RunDir.lock, released by the kernel when the process
+    dies); when another process holds it, every rank stops with one line naming that holder, having touched nothing."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if info.is_main:
+            since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+            try:
+                stack.enter_context(exclusive_lock_or_fail(run_dir, me, _lock_patience_s))
+            except OSError as err:  # every rank must hear of it, or the others wait for rank 0 until the timeout
+                refused = (f"cannot lock run directory {run_dir} ({err.strerror}: {err.filename}); check that "
+                           f"{run_dir.parent} is a writable folder, or pass another --out")
+            except LockHeld as held:
+                h = held.holder
+                who = f"pid {h['pid']} on {h.get('host', '?')} since {h.get('since', '?')}" if "pid" in h else "another process"
+                refused = (f"run directory {run_dir} is in use by another training ({who}); wait for it to end or "
+                           f"stop it, or pass a new --out")
+        refused = broadcast_object(refused, info)
+        if refused is not None:
+            raise UserError(refused)
+        yield
+
+
+def record_config(cfg: Config, cfg_name: str, run_dir: RunDir, changes: dict[str, list], step: int) -> None:
+    """config.toml holds the config in force; an accepted change at a resume is appended to config_changes.jsonl
+    (with the step it takes effect after) before config.toml is rewritten."""
+    if changes:
+        line = json.dumps({"step": step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           "changes": changes})
+        with open(run_dir.config_changes, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    atomic_write_text(run_dir.config, f"# resolved config of {cfg_name}\n" + to_toml(cfg))
+
+
+def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | None) -> dict[str, Any] | None:
     info = init_distributed(cfg.train.device, cfg.dist.backend, cfg.dist.timeout_s)
     log = print if info.is_main else (lambda msg: None)
     try:
         check_model_config(cfg)  # a wrong model name or knob fails before any data work
-        start = ckpt_io.resume_point(run_dir, resume, log=log)
-        if start.finished:
-            log(f"{run_dir} already holds a finished run (results.json); nothing to do")
+        with holding_run_dir(run_dir, info):  # before anything reads the run directory: it may be another's
+            results = _train_holding_lock(cfg, cfg_name, run_dir, resume, info, log)
+        if results is None:
             return None
-        cache = open_dataset(cfg.data, info)
-        try:
-            trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
-                              resume_state=start.state, resume_path=start.path, log=log)
-            if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
-                atomic_write_text(RunDir(run_dir).config, f"# resolved config of {cfg_name}\n" + to_toml(cfg))
-            results = trainer.fit()
-            # Every rank is done with the process group before any tears it down: a rank that destroys it while
-            # another's gloo pairs are still open can abort that rank ("terminate called without an active exception").
-            barrier(info)
-        except torch.OutOfMemoryError:
-            raise _oom_error(cfg, info) from None
-        except OSError as err:
-            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            raise UserError(f"disk full while writing {err.filename or run_dir} ({err.strerror}); free space, then "
-                            f"rerun with --resume auto (the newest complete checkpoint is intact)") from None
-        summary = [f"done: {cfg_name} ({results['model']}, {results['params']:,} params) in {results['wall_time_s']:.0f}s"]
+        summary = [f"done: {run_dir} ({results['model']}, {results['params']:,} params) in {results['wall_time_s']:.0f}s"]
         for key, label in (("test_top1", "test top-1"), ("test_top5", "top-5"), ("best_val_top1", "best val top-1"),
                            ("ema_test_top1", "EMA test top-1"), ("images_per_s", "images/s")):
             if results.get(key) is not None:
@@ -83,6 +127,42 @@ def run_training(cfg: Config, *, cfg_name: str, run_dir: Path, resume: str | Non
         return results
     finally:
         shutdown(info)
+
+
+def _train_holding_lock(cfg: Config, cfg_name: str, run_dir: Path, resume: str | None, info: DistInfo,
+                        log) -> dict[str, Any] | None:
+    from fasttrain.engine.trainer import Trainer
+
+    start = ckpt_io.resume_point(run_dir, resume, log=log)
+    if start.finished:
+        log(f"{run_dir} already holds a finished run (results.json); nothing to do")
+        return None
+    changes = {}
+    if start.state is not None:  # a changed config is refused before any data work
+        changes = ckpt_io.changed_on_resume(to_dict(from_dict(start.state["config"], str(start.path))), to_dict(cfg),
+                                            epoch=start.state["epoch"], checkpoint=start.path)
+    cache = open_dataset(cfg.data, info)
+    try:
+        trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
+                          resume_state=start.state, resume_path=start.path, log=log)
+        if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
+            if changes:
+                log(f"config: changed at this resume, from step {trainer.step} on: "
+                    + "; ".join(f"{key} {old!r} → {new!r}" for key, (old, new) in changes.items())
+                    + f" (recorded in {RunDir(run_dir).config_changes.name})")
+            record_config(cfg, cfg_name, RunDir(run_dir), changes, trainer.step)
+        results = trainer.fit()
+        # Every rank is done with the process group before any tears it down: a rank that destroys it while
+        # another's gloo pairs are still open can abort that rank ("terminate called without an active exception").
+        barrier(info)
+    except torch.OutOfMemoryError:
+        raise _oom_error(cfg, info) from None
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"disk full while writing {err.filename or run_dir} ({err.strerror}); free space, then "
+                        f"rerun with --resume auto (the newest complete checkpoint is intact)") from None
+    return results
 
 
 def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str,

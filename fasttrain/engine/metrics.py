@@ -30,9 +30,10 @@ class TrainMetrics:
     """This process's training metrics, in the manner of torchtitan's MetricsProcessor.
 
     Step sums stay on the device and are reduced across ranks on log steps and at epoch end only (no host
-    sync in between). The epoch and window sums, the skipped-step count and the wall clock are checkpointed
-    (state_dict), so a run resumed mid-epoch writes the same epoch record; timings cover this process only,
-    and its first log window (compilation, warm-up) is left out of the run's images/s.
+    sync in between). The epoch and window sums, the skipped-step count, the wall clock and the timed images and
+    seconds are checkpointed (state_dict), so a run resumed mid-epoch writes the same epoch record and its images/s
+    covers every process of the run. Each process's first log window (compilation, warm-up) is left out of
+    images/s, unless the run has no other timed span (a short run: then every trained image counts).
     """
 
     def __init__(self, info: DistInfo, *, flops_per_image: float | None = None, peak_tflops: float | None = None):
@@ -44,6 +45,7 @@ class TrainMetrics:
         self.run_start = time.perf_counter()
         self.window_start, self.window_images, self.data_wait_s = self.run_start, 0, 0.0
         self.images_timed, self.time_timed, self.windows_logged = 0, 0.0, 0
+        self.images_all, self.time_all = 0, 0.0  # every timed span, warm-up included: a short run's images/s
 
     def _new_sums(self) -> dict[str, Any]:
         """Loss, correct, image and step sums of this rank over an epoch or a log window."""
@@ -106,10 +108,7 @@ class TrainMetrics:
         elapsed = time.perf_counter() - self.window_start
         images = self.window_images * self.info.world_size
         ips = images / elapsed if elapsed > 0 else 0.0
-        if self.windows_logged > 0:  # a process's first window holds compilation and warm-up: not counted
-            self.images_timed += images
-            self.time_timed += elapsed
-        self.windows_logged += 1
+        self._count_span(images, elapsed)
         values = {"loss": loss, "top1": top1, "images_per_s": ips,
                   "data_wait_pct": 100.0 * self.data_wait_s / elapsed if elapsed > 0 else 0.0,
                   "peak_mem_mb": peak_memory_mb(self.device)}
@@ -118,9 +117,29 @@ class TrainMetrics:
         self.window_sums = self._new_sums()
         return values
 
+    def _count_span(self, images: int, elapsed: float) -> None:
+        """Add a closed span of training (a log window, or an epoch's tail after its last log step) to the timings."""
+        if self.windows_logged > 0:  # a process's first span holds compilation and warm-up: not in images_timed
+            self.images_timed += images
+            self.time_timed += elapsed
+        self.images_all += images
+        self.time_all += elapsed
+        self.windows_logged += 1
+
     def close_epoch(self) -> dict[str, float]:
+        """The epoch's train loss and top-1; the steps since the last log step are timed too (the reduction syncs)."""
         loss, top1 = self._reduced(self.epoch_sums)
+        self.time_tail()
         return {"train_loss": loss, "train_top1": top1}
+
+    def time_tail(self) -> None:
+        """Count the steps since the last log step in the run's timings (at an epoch's end or a max_steps stop)."""
+        if not self.window_images:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._count_span(self.window_images * self.info.world_size, time.perf_counter() - self.window_start)
+        self.window_images = 0
 
     def epoch_loss_sum(self) -> float:
         """The epoch's loss sum over all ranks so far (a finite check before a mid-epoch checkpoint)."""
@@ -129,8 +148,11 @@ class TrainMetrics:
         return total.item()
 
     def images_per_s(self) -> float | None:
-        """Images/s of the run in this process, first window left out; None before a second log window."""
-        return self.images_timed / self.time_timed if self.time_timed > 0 else None
+        """Training images/s of the whole run (all its processes), each process's first span left out when
+        there is more; None before any span was timed."""
+        if self.time_timed > 0:
+            return self.images_timed / self.time_timed
+        return self.images_all / self.time_all if self.time_all > 0 else None
 
     def skipped(self) -> int:
         return int(self.skipped_steps.item())
@@ -141,7 +163,9 @@ class TrainMetrics:
             return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in sums.items()}
 
         return {"epoch": plain(self.epoch_sums), "window": plain(self.window_sums),
-                "skipped_steps": self.skipped_steps.detach().cpu().clone(), "elapsed_s": self.wall_time_s()}
+                "skipped_steps": self.skipped_steps.detach().cpu().clone(), "elapsed_s": self.wall_time_s(),
+                "timed": {"images": self.images_timed, "seconds": self.time_timed,
+                          "images_all": self.images_all, "seconds_all": self.time_all}}
 
     def load_state_dict(self, state: dict[str, Any], *, sums: bool = True) -> None:
         """`sums=False` (another world size) keeps only the wall clock and the skipped-step count."""
@@ -151,6 +175,9 @@ class TrainMetrics:
         self.elapsed_before = float(state["elapsed_s"])
         self.run_start = time.perf_counter()
         self.skipped_steps = state["skipped_steps"].to(self.device)
+        timed = state.get("timed", {})  # checkpoints of earlier versions timed only their own process
+        self.images_timed, self.time_timed = timed.get("images", 0), timed.get("seconds", 0.0)
+        self.images_all, self.time_all = timed.get("images_all", 0), timed.get("seconds_all", 0.0)
         if sums:
             self.epoch_sums, self.window_sums = on_device(state["epoch"]), on_device(state["window"])
 
@@ -232,7 +259,10 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(RunDir(run_dir).tensorboard), purge_step=resume_step)
+            # Steps up to resume_step were logged by the attempt that wrote the checkpoint and are not logged again:
+            # TensorBoard drops only the later ones that the resumed run will log anew.
+            self._tb = SummaryWriter(str(RunDir(run_dir).tensorboard),
+                                     purge_step=resume_step + 1 if resume_step is not None else None)
 
     def _truncate_after(self, step: int) -> None:
         """Drop lines logged after the checkpoint we resume from: they will be logged again, identically."""
@@ -274,5 +304,7 @@ def progress_bar(enabled: bool, *, total: int, initial: int, desc: str):
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False)
-    yield bar
-    bar.close()
+    try:
+        yield bar
+    finally:  # also when Ctrl-C or an error ends the epoch: the line after it starts on a clean row
+        bar.close()

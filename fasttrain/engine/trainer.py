@@ -4,6 +4,7 @@ checkpoints, results."""
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -15,11 +16,12 @@ from fasttrain.config import Config, TrainConfig, to_dict
 from fasttrain.data.pipelines.progressive import schedule_sizes
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.checkpoint import build_card, capture_rng, restore_rng, seed_everything
-from fasttrain.engine.distributed import DistInfo, all_gather_objects
+from fasttrain.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
 from fasttrain.engine.evaluate import evaluate_variants, model_variants
 from fasttrain.engine.metrics import MetricsWriter, TrainMetrics, mfu_inputs, progress_bar
 from fasttrain.engine.optim import batch_sizes, build_optimizer, build_scheduler
-from fasttrain.engine.runtime import autocast, build_model, configure_backends, resolve_amp, resolve_compile, training_forward
+from fasttrain.engine.runtime import (autocast, build_model, choose_cpu_amp, configure_backends, measure_cpu_amp,
+                                      resolve_amp, resolve_compile, training_forward)
 from fasttrain.engine.time_to_accuracy import time_to_accuracy
 from fasttrain.models.counting import count_parameters
 from fasttrain.rundir import RunDir, read_metrics
@@ -55,6 +57,55 @@ def build_ema(model: torch.nn.Module, train_cfg: TrainConfig):
     return ModelEmaV3(model, decay=train_cfg.ema_decay)
 
 
+# ---- Ctrl-C ----
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training at a step boundary, after a checkpoint of that step was written (`checkpoint`:
+    its path on rank 0, else None)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class InterruptRequest:
+    """SIGINT, while installed, asks training to stop at the next step boundary instead of raising at once.
+
+    One process stops at the end of the step it is in. Under torchrun the ranks agree where to stop: the request
+    is summed over ranks on log steps and at epoch ends (points every rank reaches, where the host syncs anyway),
+    so every rank writes the same checkpoint. A second Ctrl-C in one process stops at once, as without this;
+    under torchrun the agent forwards the signal again, so later ones are ignored (it kills the workers after its
+    own timeout, 30 s by default)."""
+
+    def __init__(self, info: DistInfo):
+        self.info, self.requested, self._previous = info, False, None
+
+    @contextlib.contextmanager
+    def installed(self):
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main thread: Ctrl-C keeps its usual meaning
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested and not self.info.enabled:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def stop_here(self, *, sync_point: bool) -> bool:
+        """Whether to stop now; under torchrun decided together, at sync points only (every rank must ask there)."""
+        if not self.info.enabled:
+            return self.requested
+        if not sync_point:
+            return False
+        votes = torch.tensor(int(self.requested), device=self.info.device)
+        return all_reduce_sum(votes, self.info).item() > 0
+
+
 class Trainer:
     """Owns one training run: build in a fixed order, train, evaluate, checkpoint, report."""
 
@@ -65,7 +116,6 @@ class Trainer:
         self.run_dir = RunDir(run_dir)
         self.log = log if info.is_main else (lambda msg: None)
         self.device = info.device
-        self.amp = resolve_amp(cfg.train.amp, info.device)
         self.plan = batch_sizes(cfg, world_size=info.world_size, train_size=len(cache.split("train")[0]), where=cfg_name)
         determinism_note = configure_backends(cfg.train, self.device)
         if determinism_note:
@@ -74,6 +124,7 @@ class Trainer:
         self.model = build_model(cfg, cache.num_classes).to(self.device)  # the plain module: checkpoints and eval use it
         self.num_params = count_parameters(self.model)
         self.train_module = training_forward(self.model, cfg, info)
+        self.amp = self._choose_amp(resume_state)
         seed_everything(cfg.train.seed + 1000 * info.rank + 1)  # each rank draws its own dropout/mixup randomness
         self.backend, self.train_pipe, self.eval_pipes = self._build_data()
         self.optimizer = build_optimizer(cfg.optim, self.model, self.plan.lr)
@@ -87,6 +138,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.best_val, self.best_epoch, self.best_state = -1.0, -1, None
         self.results: dict[str, Any] | None = None
+        self.interrupt, self.saved_step = InterruptRequest(info), -1
         if resume_state is not None:
             self._restore(resume_state, resume_path)
         # A fresh start also clears lines of an earlier attempt that died before its first checkpoint.
@@ -94,6 +146,24 @@ class Trainer:
                                          resume_step=self.step) if info.is_main else None
 
     # ---- build ----
+    def _choose_amp(self, resume_state: dict | None) -> str:
+        """train.amp resolved: "auto" on a CPU is measured on this model at its batch (rank 0 measures, every rank
+        takes its choice); a resumed run keeps the precision its checkpoint was trained in."""
+        cfg, info = self.cfg, self.info
+        amp = resolve_amp(cfg.train.amp, self.device)
+        if cfg.train.amp != "auto" or self.device.type != "cpu":
+            return amp
+        saved = (resume_state or {}).get("meta", {}).get("amp")
+        if saved is not None:
+            self.log(f"train.amp auto: {'bf16' if saved == 'bf16' else 'fp32 (amp off)'}, as the resumed run was trained")
+            return saved
+        if info.is_main:
+            figures = measure_cpu_amp(self.model, batch=self.plan.micro_batch, image_size=cfg.data.image_size,
+                                      num_classes=self.cache.num_classes, channels_last=cfg.train.channels_last)
+            amp, line = choose_cpu_amp(figures)
+            self.log(line)
+        return broadcast_object(amp, info)
+
     def _build_data(self):
         """(backend, train pipeline, {split: eval pipeline}); the backend is resolved here, once per run."""
         from fasttrain.data.pipelines import build_pipeline, resolve_backend
@@ -121,15 +191,19 @@ class Trainer:
                  f"global batch {cfg.train.batch_size} (per rank {self.plan.per_rank_batch}) | "
                  f"{self.plan.steps_per_epoch} steps/epoch | amp {self.amp} | {resolve_compile(cfg.compile.mode, self.device)[1]}")
         self.metrics.start_run()
-        for epoch in range(self.epoch, cfg.train.epochs):
-            if self.step >= self.plan.total_steps:
-                break
-            self.epoch = epoch
-            self.train_epoch(epoch)
-            if self.step >= (epoch + 1) * self.plan.steps_per_epoch:  # the epoch ran to its end
-                self.epoch = epoch + 1
-                self.end_epoch(epoch)
+        with self.interrupt.installed():
+            for epoch in range(self.epoch, cfg.train.epochs):
+                if self.step >= self.plan.total_steps:
+                    break
+                self.epoch = epoch
+                self.train_epoch(epoch)
+                if self.step >= (epoch + 1) * self.plan.steps_per_epoch:  # the epoch ran to its end
+                    self.epoch = epoch + 1
+                    self.end_epoch(epoch)
+                    if self.step < self.plan.total_steps and self.interrupt.stop_here(sync_point=True):
+                        self.stop_at_interrupt()
         if self.step % self.plan.steps_per_epoch:
+            self.metrics.time_tail()
             self.save_checkpoint()  # a max_steps stop mid-epoch still leaves a resumable checkpoint
         self.results = self.finish()
         return self.results
@@ -161,10 +235,22 @@ class Trainer:
         if bar is not None:
             bar.update(1)
         every = self.cfg.ckpt.every_steps
-        if every and self.step % every == 0 and self.step < (epoch + 1) * self.plan.steps_per_epoch:
+        mid_epoch = self.step < (epoch + 1) * self.plan.steps_per_epoch  # an epoch's last step ends in end_epoch
+        if every and self.step % every == 0 and mid_epoch:
             ckpt_io.check_finite(self.metrics.epoch_loss_sum(), step=self.step, epoch=epoch,
                                  directory=self.run_dir.checkpoints)
             self.save_checkpoint()
+        if mid_epoch and self.step < self.plan.total_steps and self.interrupt.stop_here(sync_point=log_now):
+            self.stop_at_interrupt()
+
+    def stop_at_interrupt(self) -> None:
+        """Ctrl-C: a checkpoint of this step (unless one was just written), then TrainingInterrupted."""
+        if self.saved_step != self.step:
+            ckpt_io.check_finite(self.metrics.epoch_loss_sum(), step=self.step, epoch=self.epoch,
+                                 directory=self.run_dir.checkpoints)
+            self.save_checkpoint()
+        newest = ckpt_io.list_checkpoints(self.run_dir.checkpoints) if self.info.is_main else []
+        raise TrainingInterrupted(self.step, newest[-1] if newest else None)
 
     def train_step(self, batches: Iterator, *, want_norm: bool = False):
         """One optimizer step over grad_accum micro-batches from `batches`: forward, backward, clip, update, lr, EMA.
@@ -269,12 +355,12 @@ class Trainer:
             "steps": self.step, "world_size": self.info.world_size, "device": self.device.type, "backend": self.backend,
             "best_val_top1": self.best_val if self.best_val >= 0 else None,
             "best_val_epoch": self.best_epoch if self.best_epoch >= 0 else None,
-            "wall_time_s": self.metrics.wall_time_s(), "images_per_s": self.metrics.images_per_s(),
+            "wall_time_s": None, "images_per_s": self.metrics.images_per_s(),
         }
         if self.scaler.is_enabled():
             results["skipped_steps"] = self.metrics.skipped()
-        results.update(evaluate_variants(self._variants(with_best=True), self.eval_pipes, self.info, self.amp,
-                                         tta=cfg.eval.tta))
+        results.update(self._final_evaluation())
+        results["wall_time_s"] = self.metrics.wall_time_s()  # the whole run, its final evaluation included
         if self.info.is_main:
             results.update(time_to_accuracy(read_metrics(self.run_dir.path), cfg.train.batch_size))
             # the final numbers as TensorBoard scalars too (test_top1, test_top5, ...): metrics.jsonl gets a "final" line
@@ -283,6 +369,15 @@ class Trainer:
             self.metrics_log.close()
             atomic_write_json(self.run_dir.results, results)
         return results
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """evaluate_variants over (model, EMA, best) × (val, test), one split at a time with a line before each."""
+        variants, out = self._variants(with_best=True), {}
+        for split, pipe in self.eval_pipes.items():
+            names = [name for name, model in variants.items() if model is not None and (name != "best" or split == "test")]
+            self.log(f"final evaluation: {', '.join(names)} on {split} ({self.cache.count(split):,} images) …")
+            out.update(evaluate_variants(variants, {split: pipe}, self.info, self.amp, tta=self.cfg.eval.tta))
+        return out
 
     # ---- checkpoints ----
     def checkpoint_state(self) -> dict[str, Any]:
@@ -296,11 +391,12 @@ class Trainer:
             "rng": [r["rng"] for r in per_rank], "metrics": [r["metrics"] for r in per_rank],
             "best_val": self.best_val, "best_epoch": self.best_epoch, "config": to_dict(self.cfg), "card": self.card,
             "meta": {"model": self.cfg.model.name, "num_classes": self.cache.num_classes,
-                     "world_size": self.info.world_size, "config_name": self.cfg_name},
+                     "world_size": self.info.world_size, "config_name": self.cfg_name, "amp": self.amp},
         }
 
     def save_checkpoint(self) -> None:
         state = self.checkpoint_state()
+        self.saved_step = self.step
         if self.info.is_main:
             path = ckpt_io.save_checkpoint(state, self.run_dir.checkpoints, epoch=self.epoch, step=self.step,
                                            keep=self.cfg.ckpt.keep)

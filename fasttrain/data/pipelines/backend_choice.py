@@ -38,10 +38,11 @@ def resolve_backend(name: str, device: torch.device) -> tuple[str, str]:
             )
         if dali_importable():
             return "dali", (
-                f"auto: dali backend in CPU-only mode on {device.type} (measured fastest on CPU by kernels_bench loader: "
-                "~3x the torch backend, >20x the per-sample reference)"
+                f"auto: dali backend in CPU-only mode on {device.type} (auto's pick where DALI imports; not measured "
+                "on this machine: `python -m kernels_bench loader` compares the backends here)"
             )
-        return "torch", f"auto: torch backend on {device.type} (DALI not installed; torch is the fastest remaining, >5x reference)"
+        return "torch", (f"auto: torch backend on {device.type} (DALI not installed; not measured on this machine: "
+                         "`python -m kernels_bench loader` compares the backends here)")
     if name == "dali":
         if not dali_importable():
             raise UserError(DALI_MISSING)
