@@ -37,7 +37,7 @@ def test_warmup_is_linear_from_the_start_factor():
 
 
 def test_cosine_decays_every_step_to_the_min_lr_floor():
-    cfg = SchedConfig(name="cosine", min_lr=0.01)
+    cfg = SchedConfig(name="cosine", min_lr=0.01, warmup_epochs=0.0)
     factors = [lr_factor(cfg, s, steps_per_epoch=10, total_steps=100, base_lr=0.1) for s in range(0, 101)]
     assert factors[0] == pytest.approx(1.0)
     assert all(b < a for a, b in zip(factors, factors[1:]))  # a schedule that never decays fails here
@@ -47,7 +47,7 @@ def test_cosine_decays_every_step_to_the_min_lr_floor():
 
 
 def test_step_schedule_multiplies_by_gamma_at_each_milestone():
-    cfg = SchedConfig(name="step", milestones=[3, 6], gamma=0.1)
+    cfg = SchedConfig(name="step", milestones=[3, 6], gamma=0.1, warmup_epochs=0.0)
     at = {epoch: lr_factor(cfg, epoch * 10, steps_per_epoch=10, total_steps=100, base_lr=1.0) for epoch in range(9)}
     assert [at[e] for e in (0, 2)] == [1.0, 1.0]
     assert at[3] == pytest.approx(0.1) and at[5] == pytest.approx(0.1)
@@ -58,7 +58,7 @@ def test_step_schedule_multiplies_by_gamma_at_each_milestone():
 def test_scheduler_drives_the_optimizer_lr_down_the_cosine():
     model = torch.nn.Linear(3, 2)
     optimizer = build_optimizer(OptimConfig(lr=0.5), model, lr=0.5)
-    scheduler = build_scheduler(SchedConfig(name="cosine", min_lr=0.05), optimizer, steps_per_epoch=5, total_steps=20,
+    scheduler = build_scheduler(SchedConfig(name="cosine", min_lr=0.05, warmup_epochs=0.0), optimizer, steps_per_epoch=5, total_steps=20,
                                 base_lr=0.5)
     lrs = []
     for _ in range(20):
