@@ -84,8 +84,12 @@ def csv_text(records: list[dict]) -> str:
 
 
 def format_line(record: dict) -> str:
-    hits = "  ".join(f"{h['class_id']} {h['class_name']!r} {h['probability']:.4f}" for h in record["topk"])
-    return f"{record['path']}: {hits}"
+    """`path: id 'name' p  …`; a class whose id is its name (ImageFolder's folders) is named once."""
+    def hit(h: dict) -> str:
+        label = repr(h["class_name"]) if h["class_id"] == h["class_name"] else f"{h['class_id']} {h['class_name']!r}"
+        return f"{label} {h['probability']:.4f}"
+
+    return f"{record['path']}: {'  '.join(hit(h) for h in record['topk'])}"
 
 
 def _check_output(path: str | None, flag: str) -> None:
