@@ -121,48 +121,38 @@ def train_main(argv: list[str]) -> int:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="python -m fasttrain eval", description="Top-1/top-5 of a saved checkpoint.")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by fasttrain (runs/NAME/checkpoints/*.pt)")
+    p = OneLineArgumentParser(prog="python -m fasttrain eval",
+                              description="Loss, top-1 and top-5 of a trained model on a split of the data it was trained on.")
+    p.add_argument("--ckpt", required=True,
+                   help="best_model.pt, a checkpoints/ckpt_*.pt file or an exported .safetensors bundle")
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--backend", choices=["auto", "dali", "torch", "reference"], help="input pipeline (default: the run's)")
+    p.add_argument("--data", metavar="CACHE_DIR",
+                   help="the data cache to evaluate on (default: the one named in the model card, where training read it)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's [eval] tta)")
+    p.add_argument("--tta", choices=["none", "flip"], help="test-time augmentation (default: the run's [eval] tta, "
+                                                           "kept in the model card)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--report", metavar="DIR", help="also write per-class top-1, confused pairs and PNGs into DIR; "
-                                                   "accepts best_model.pt and exported .safetensors bundles too")
-    p.add_argument("--run-dir", help="with --report, for a checkpoint without a model card: its run directory")
-    p.add_argument("--ema", action="store_true", help="with --report: the EMA weights of a training checkpoint")
+    p.add_argument("--report", metavar="DIR", help="also write per-class top-1, confused pairs and PNGs into DIR")
+    p.add_argument("--run-dir", help="for a checkpoint written before checkpoints carried their model card: its run directory")
+    p.add_argument("--ema", action="store_true", help="the EMA weights of a training checkpoint")
     p.add_argument("--debug", action="store_true")
     return p
 
 
 def eval_main(argv: list[str]) -> int:
-    from fasttrain.engine.launch import evaluate_checkpoint
-    from fasttrain.rundir import RunDir
+    from fasttrain.inference.evaluation import eval_command
 
     args = eval_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.report:
-        from fasttrain.inference.eval_report import report_main
-
-        result = report_main(args)
-        detail = f"| report in {args.report} ({', '.join(result['files'].values())})"
-    elif args.run_dir or args.ema:
-        raise UserError("--run-dir and --ema apply with --report (plain eval reads the training checkpoint's own config)")
-    elif Path(args.ckpt).name == RunDir.best_model.name or Path(args.ckpt).suffix == ".safetensors":
-        raise UserError(f"{args.ckpt}: plain eval reads a training checkpoint (checkpoints/ckpt_*.pt); for best_model.pt "
-                        f"or an exported bundle add --report DIR")
-    else:
-        result = evaluate_checkpoint(Path(args.ckpt), split=args.split, backend=args.backend,
-                                     batch_size=args.batch_size, device=args.device, tta=args.tta)
-        detail = f"loss {result['loss']:.4f}  tta {result['tta']}"
+    result = eval_command(args)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{result['model']} on {result['split']} ({result['count']} images): "
-              f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {detail}")
+        return 0
+    detail = f"loss {result['loss']:.4f}  tta {result['tta']}"
+    if args.report:
+        detail += f" | report in {args.report} ({', '.join(result['files'].values())})"
+    print(f"{result['model']} on {result['split']} ({result['count']} images): "
+          f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  {detail}")
     return 0
 
 

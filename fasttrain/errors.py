@@ -9,6 +9,7 @@ import sys
 from typing import Callable
 
 USER_ERROR_EXIT = 2
+CLOSED_PIPE_EXIT = 128 + 13  # killed by SIGPIPE, as a shell reports a tool whose reader went away
 
 
 class UserError(Exception):
@@ -41,12 +42,18 @@ def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int
     """Run a CLI entry point, turning UserError into one line on stderr and exit status 2.
 
     Under torchrun every rank meets the same error: only rank 0 (RANK) prints it, every rank exits 2.
-    `debug` (or FASTTRAIN_DEBUG=1) re-raises so the full traceback is shown.
+    `debug` (or FASTTRAIN_DEBUG=1) re-raises so the full traceback is shown. A reader that closed the pipe
+    (`| head`) ends the command quietly with CLOSED_PIPE_EXIT.
     """
     if debug is None:
         debug = "--debug" in sys.argv or os.environ.get("FASTTRAIN_DEBUG") == "1"
     try:
-        return int(main() or 0)
+        try:
+            return int(main() or 0)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as an "Exception ignored" at interpreter exit
+    except BrokenPipeError:
+        return _closed_pipe()
     except UserError as err:
         if debug:
             raise
@@ -56,3 +63,11 @@ def run_cli(main: Callable[[], int | None], *, debug: bool | None = None) -> int
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
+
+
+def _closed_pipe() -> int:
+    """Nothing more can be written: point stdout at /dev/null so the interpreter's last flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return CLOSED_PIPE_EXIT

@@ -261,6 +261,8 @@ ROWS = {
                                          prepare=lambda monkeypatch: monkeypatch.setitem(sys.modules, "onnxscript", None)),
     "eval-batch-0": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--batch-size", "0"], 2,
                         "--batch-size must be at least 1", "in"),
+    "eval-data-not-a-cache": Row(lambda s: ["eval", "--ckpt", str(s.checkpoint()), "--data", str(s.scratch / "moved")],
+                                 2, "no cache at", "in"),
     # run directories in use, resumes with another config, mistyped commands (issue 20)
     "unknown-command": Row(lambda s: ["predcit", "--ckpt", str(s.scratch / "x.pt")], 2,
                            "unknown command 'predcit'; did you mean 'predict'?"),

@@ -152,7 +152,7 @@ def test_a_t2t_vit_with_single_head_token_attention_exports_to_onnx(trained, tmp
     card = dict(torch.load(ckpt, weights_only=True)["card"], model="t2t_vit_t_14",
                 knobs={"img_size": 32, "token_dim": 16, "embed_dim": 32, "depth": 1, "num_heads": 2})
     torch.manual_seed(0)
-    loaded = LoadedModel(tmp_path / "t2t.pt", card, model_from_card(card), "best_model", "model")
+    loaded = LoadedModel(tmp_path / "t2t.pt", card, model_from_card(card), "model")
     out = tmp_path / "t2t.onnx"
     result = export_model(loaded, "onnx", out, float_input=False, images=None, tolerance=1e-4)
     assert result.max_abs_diff <= result.allowed

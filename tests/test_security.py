@@ -40,7 +40,7 @@ def stopped_run(tmp_path_factory):
 def plant_malicious_checkpoint(path: Path, genuine: Path, marker: Path) -> None:
     """A real checkpoint's contents plus one object whose unpickling runs a command."""
     state = torch.load(genuine, weights_only=True)
-    state["meta"]["note"] = RunsAShellCommand(marker)
+    state["note"] = RunsAShellCommand(marker)
     torch.save(state, path)
 
 

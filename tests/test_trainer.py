@@ -92,7 +92,7 @@ def test_two_process_ddp_matches_one_process(data_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a = torch.load(sorted(RunDir(single).checkpoints.glob("*.pt"))[-1], weights_only=True)
     b = torch.load(sorted(RunDir(double).checkpoints.glob("*.pt"))[-1], weights_only=True)
-    assert b["meta"]["world_size"] == 2
+    assert b["world_size"] == 2
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5, msg=k)
     la, lb = step_losses(single), step_losses(double)

@@ -97,13 +97,18 @@ class Cache:
         return f"Cache({str(self.path)!r}, classes={self.num_classes}, size={self.image_size}, {counts})"
 
 
+def _prepare_hint(cache_dir: Path) -> str:
+    return f"python -m fasttrain.data prepare --source SOURCE --root DATA --cache-dir {cache_dir}"
+
+
 def _load_meta(cache_dir: Path) -> dict:
     meta_path = cache_dir / META_NAME
     if not cache_dir.is_dir():
-        raise CacheError(f"no cache at {cache_dir}; build it with: python -m fasttrain.data prepare --root DATA")
+        raise CacheError(f"no cache at {cache_dir}; build it with: {_prepare_hint(cache_dir)} (SOURCE: tiny-imagenet "
+                         f"or imagefolder, DATA: the raw images)")
     if not meta_path.is_file():
-        raise CacheError(f"{meta_path} is missing: {cache_dir} is not a complete cache; rebuild it with "
-                         f"python -m fasttrain.data prepare")
+        raise CacheError(f"{meta_path} is missing: {cache_dir} is not a complete cache; rebuild it with: "
+                         f"{_prepare_hint(cache_dir)}")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -1,8 +1,10 @@
 """Checkpoint files and what they hold: atomic CRC-checked save/load (weights only), the latest k, the model card,
 the RNG state, where a run resumes from, the best weights and the divergence stop.
 
-The model card is what predict and export need to rebuild and feed a model, carried inside every checkpoint.
-It is plain data plus one uint8 tensor, so it loads under torch.load(weights_only=True)::
+The model card is the one description of a trained model: every command that opens one (eval, eval --report,
+predict, export; fasttrain.inference.loaded.open_model) reads it, and a resume checks against it (check_fits).
+Training checkpoints also hold the resolved config, for resume only. The card is carried in every checkpoint and
+best_model.pt; it is plain data plus one uint8 tensor, so it loads under torch.load(weights_only=True)::
 
     format          CARD_FORMAT
     model, knobs    registry name and the knobs it was built with (img_size included)
@@ -11,7 +13,9 @@ It is plain data plus one uint8 tensor, so it loads under torch.load(weights_onl
     class_names     Tiny-ImageNet words.txt names; ImageFolder folder names
     image_size      the cache's square size; files are resized to it exactly as prepare does
     mean, std       per-channel normalisation of 0..1 RGB pixels
-    cache_dir       where the training data's cache was (for `eval --report` only; never needed by predict)
+    cache_dir       where the training data's cache was (what `eval` evaluates on; never needed by predict)
+    tta             how the run evaluated the model ([eval] tta): the default of eval and predict; a card
+                    written before it was kept reads as "none"
     check_images    a few real images of the held-out split, uint8 (n, H, W, 3): the batch an export is checked on
                     when no cache is at hand
 """
@@ -144,11 +148,12 @@ def newest_loadable(directory: str | os.PathLike, log=print) -> tuple[Path, dict
 
 
 def check_fits(state: dict[str, Any], *, model_name: str, num_classes: int, model: torch.nn.Module, path: Path) -> None:
-    """One clear line when a checkpoint belongs to another model or class count."""
-    meta = state.get("meta", {})
-    if meta.get("model") != model_name or meta.get("num_classes") != num_classes:
+    """One clear line when a checkpoint's model card names another model or class count, or its weights do not fit."""
+    # Checkpoints written before the card carried the model's name and class count in "meta".
+    card = state.get(CARD_KEY) or state.get("meta", {})
+    if card.get("model") != model_name or card.get("num_classes") != num_classes:
         raise CheckpointError(
-            f"checkpoint {path} is for model '{meta.get('model')}' with {meta.get('num_classes')} classes, "
+            f"checkpoint {path} is for model '{card.get('model')}' with {card.get('num_classes')} classes, "
             f"but the config asks for '{model_name}' with {num_classes}; use a matching --cfg or a new --out"
         )
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -231,7 +236,22 @@ def build_card(cfg, cache) -> dict[str, Any]:
         "std": [float(x) for x in cfg.data.std],
         "cache_dir": str(Path(cache.path).absolute()),
         "check_images": _check_batch(cache),
+        "tta": cfg.eval.tta,
     }
+
+
+def tta_choices() -> tuple[str, ...]:
+    """The test-time augmentations there are: the values the config's [eval] tta admits."""
+    from typing import get_args, get_type_hints
+
+    from fasttrain.config import EvalConfig
+
+    return get_args(get_type_hints(EvalConfig)["tta"])
+
+
+def card_tta(card: dict[str, Any]) -> str:
+    """The test-time augmentation the run evaluated with ("none" for a card written before cards kept it)."""
+    return card.get("tta", "none")
 
 
 def card_json(card: dict[str, Any]) -> dict[str, Any]:
@@ -256,6 +276,9 @@ def check_card(card: Any, where: str) -> dict[str, Any]:
     if len(card["mean"]) != 3 or len(card["std"]) != 3 or min(card["std"]) <= 0:
         raise CardError(f"{where}: its model card has mean {card['mean']} / std {card['std']}; "
                         f"expected three values each, std positive")
+    if card_tta(card) not in tta_choices():
+        raise CardError(f"{where}: its model card has tta {card['tta']!r}, expected one of {', '.join(tta_choices())}; "
+                        f"re-export it from a fasttrain checkpoint")
     return card
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,10 @@ VARIANT_PREFIXES = {"model": "", "ema": "ema_", "best": "best_"}
 
 
 def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.Tensor:
-    """model(images), or with "flip" the mean of the logits of each image and its horizontal mirror (float32)."""
+    """model(images), or with "flip" the mean of the logits of each image and its horizontal mirror (float32).
+
+    "flip" runs the model twice per batch: evaluation is not compiled, so it doubles the time of an evaluation.
+    """
     logits = model(images).float()
     if tta == "flip":
         # NCHW: dim 3 is the width; flip keeps channels_last memory format
@@ -28,7 +32,13 @@ def tta_logits(model: torch.nn.Module, images: torch.Tensor, tta: str) -> torch.
 
 def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """`images` grown to `size` rows with zeros (same memory format): the last partial batch of a split, so the
-    model sees one shape for the whole split and a compiled eval never recompiles (eval mode keeps rows apart)."""
+    model sees one batch shape for the whole split (eval mode keeps rows apart).
+
+    Evaluation is not compiled (the trainer and the eval command run the plain module), so what the one shape
+    saves today is the kernel choice for a second shape (cuDNN autotuning, when train.deterministic is off); were
+    evaluation compiled, it would also keep the last batch from recompiling the graph. Whether compiling
+    evaluation pays is a GPU measurement not made yet.
+    """
     if images.shape[0] >= size:
         return images
     fmt = torch.channels_last if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last) \
@@ -39,10 +49,15 @@ def pad_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str, tta: str = "none") -> dict[str, float]:
+def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str, tta: str = "none",
+             see_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> dict[str, float]:
     """Loss, top-1 and top-5 over the whole split: sums of correct and counts reduced across ranks. Every batch
     reaches the model at the first batch's size (see pad_batch); each sample is counted exactly once.
-    `tta` ([eval] tta): "flip" scores the mean logits of each image and its mirror."""
+    `tta` ([eval] tta): "flip" scores the mean logits of each image and its mirror.
+
+    `see_batch(logits, labels, topk)`, when given, sees each of this rank's batches: float32 logits, labels and
+    the top-k class indices the scores were counted from (best first); the eval report's per-class numbers come
+    from the same pass as its top-1."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=info.device)  # loss, top1, top5, count
@@ -61,6 +76,8 @@ def evaluate(model: torch.nn.Module, pipeline, info: DistInfo, amp: str, tta: st
         sums[1] += hits[:, 0].sum()
         sums[2] += hits.any(dim=1).sum()
         sums[3] += labels.numel()
+        if see_batch is not None:
+            see_batch(logits, labels, topk)
     all_reduce_sum(sums, info)
     model.train(was_training)
     loss, top1, top5, count = sums.tolist()

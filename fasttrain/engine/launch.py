@@ -1,5 +1,4 @@
-"""Wires a resolved config to a run: distributed init → the data cache (rank 0 builds it) → Trainer → results;
-and checkpoint evaluation."""
+"""Wires a resolved config to a run: distributed init → the data cache (rank 0 builds it) → Trainer → results."""
 
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ import torch
 from fasttrain.atomic import LockHeld, atomic_write_text, exclusive_lock_or_fail
 from fasttrain.config import Config, DataConfig, from_dict, to_dict, to_toml
 from fasttrain.engine import checkpoint as ckpt_io
-from fasttrain.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, pick_cli_device, shutdown
-from fasttrain.engine.runtime import build_model, check_model_config
+from fasttrain.engine.distributed import DistInfo, barrier, broadcast_object, init_distributed, shutdown
+from fasttrain.engine.runtime import check_model_config
 from fasttrain.rundir import RunDir
 from fasttrain.errors import UserError
 
@@ -164,30 +163,3 @@ def _train_holding_lock(cfg: Config, cfg_name: str, run_dir: Path, resume: str |
                         f"rerun with --resume auto (the newest complete checkpoint is intact)") from None
     return results
 
-
-def evaluate_checkpoint(path: Path, *, split: str, backend: str | None, batch_size: int, device: str,
-                        tta: str | None = None) -> dict[str, Any]:
-    """Top-1/top-5 of a checkpoint's plain model on one split of the data it was trained on
-    (`tta` None: the run's [eval] tta)."""
-    from fasttrain.data.pipelines import build_pipeline, resolve_backend
-    from fasttrain.engine.evaluate import evaluate
-
-    state = ckpt_io.load_checkpoint(path)
-    cfg = from_dict(state["config"], str(path))
-    info = DistInfo(0, 1, 0, pick_cli_device(device))
-    cache = open_dataset(cfg.data, info)
-    if split not in cache.splits:
-        raise UserError(f"the cache at {cache.path} has no '{split}' split (it has {', '.join(cache.splits)})")
-    model = build_model(cfg, cache.num_classes)
-    ckpt_io.check_fits(state, model_name=cfg.model.name, num_classes=cache.num_classes, model=model, path=path)
-    model.load_state_dict(state["model"])
-    model.to(info.device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    chosen, _ = resolve_backend(backend or cfg.data.backend, info.device)
-    images, labels = cache.split(split)
-    pipe = build_pipeline(cfg.data, images, labels, train=False, batch_size=batch_size, rank=0, world_size=1,
-                          device=info.device, seed=cfg.train.seed, backend=chosen)
-    tta = tta or cfg.eval.tta
-    result = evaluate(model, pipe, info, cfg.train.amp, tta)
-    return {"model": cfg.model.name, "split": split, "checkpoint": str(path), "tta": tta, **result}

@@ -153,7 +153,8 @@ class Trainer:
         amp = resolve_amp(cfg.train.amp, self.device)
         if cfg.train.amp != "auto" or self.device.type != "cpu":
             return amp
-        saved = (resume_state or {}).get("meta", {}).get("amp")
+        state = resume_state or {}
+        saved = state.get("amp", state.get("meta", {}).get("amp"))  # checkpoints before the card kept it in "meta"
         if saved is not None:
             self.log(f"train.amp auto: {'bf16' if saved == 'bf16' else 'fp32 (amp off)'}, as the resumed run was trained")
             return saved
@@ -389,9 +390,10 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "step": self.step, "pipeline": self.train_pipe.state_dict(),
             "rng": [r["rng"] for r in per_rank], "metrics": [r["metrics"] for r in per_rank],
-            "best_val": self.best_val, "best_epoch": self.best_epoch, "config": to_dict(self.cfg), "card": self.card,
-            "meta": {"model": self.cfg.model.name, "num_classes": self.cache.num_classes,
-                     "world_size": self.info.world_size, "config_name": self.cfg_name, "amp": self.amp},
+            "best_val": self.best_val, "best_epoch": self.best_epoch, "world_size": self.info.world_size,
+            "amp": self.amp,  # the precision the run trains in: a resume keeps it
+            "card": self.card,  # the model: what check_fits and every inference command read
+            "config": to_dict(self.cfg),  # for resume only
         }
 
     def save_checkpoint(self) -> None:
@@ -415,7 +417,8 @@ class Trainer:
         self.best_val, self.best_epoch = state["best_val"], state["best_epoch"]
         self.best_state = ckpt_io.restore_best(state, self.run_dir.best_model, steps_per_epoch=self.plan.steps_per_epoch,
                                               write=self.info.is_main)
-        saved_world, rank = state["meta"].get("world_size", 1), self.info.rank
+        # checkpoints written before the card kept the world size in "meta"
+        saved_world, rank = state.get("world_size", state.get("meta", {}).get("world_size", 1)), self.info.rank
         same_world = saved_world == self.info.world_size
         # mid-epoch: the epoch record and the next log line cover every step
         self.metrics.load_state_dict(state["metrics"][rank if same_world else 0], sums=same_world)

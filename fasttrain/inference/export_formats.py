@@ -6,7 +6,6 @@ as JSON text and the path to write; each loader returns `run(batch: np.ndarray) 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -115,13 +114,6 @@ def load_onnx(path: Path, float_input: bool) -> Runner:
         return lambda batch: np.asarray(evaluator.run(None, {"inputs": batch})[0])
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"inputs": batch})[0]
-
-
-def onnx_card(path: Path) -> dict:
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(props[ONNX_CARD_KEY])
 
 
 def torch_runner(net) -> Runner:

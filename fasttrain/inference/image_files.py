@@ -48,15 +48,14 @@ def _decode(job: tuple[Path, int]) -> tuple[Path, np.ndarray | None, str | None]
         return path, None, str(err)
 
 
-def decoded_batches(paths: list[Path], size: int, batch_size: int, workers: int = 0,
+def decoded_batches(paths: list[Path], size: int, batch_size: int,
                     ) -> Iterator[tuple[list[Path], np.ndarray, list[tuple[Path, str]]]]:
     """(paths, uint8 (n, size, size, 3) RGB, [(path, reason) of files that failed]) per batch of `paths`.
 
     OpenCV releases the GIL while decoding, so a few threads decode in parallel without new processes.
     """
     quiet_opencv()
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
             results = list(pool.map(_decode, [(p, size) for p in chunk]))

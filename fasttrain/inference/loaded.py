@@ -1,4 +1,5 @@
-"""Open what predict/export/eval are given (best_model.pt, a training checkpoint, a safetensors bundle) as one model.
+"""Open what eval, predict and export are given (best_model.pt, a training checkpoint, a safetensors bundle) as one
+model, described by its model card alone (fasttrain.engine.checkpoint) — the one way every command opens a model.
 
 Every path loads tensors and plain data only: .pt files through fasttrain.engine.checkpoint.load_trusted
 (weights_only=True), bundles through safetensors. A torch.export .pt2 program is refused here because
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from fasttrain.errors import UserError
-from fasttrain.engine.checkpoint import CARD_KEY, CardError, build_card, card_json, check_card
+from fasttrain.engine.checkpoint import CARD_KEY, CKPT_FORMAT, CardError, build_card, card_json, card_tta, check_card
 from fasttrain.rundir import RunDir
 
 BUNDLE_CARD_KEY = "fasttrain.card"
@@ -36,6 +37,9 @@ def card_from_state(state: dict[str, Any], path: Path, run_dir: str | os.PathLik
     if run_dir is not None:
         return card_from_run_dir(Path(run_dir))
     if CARD_KEY not in state:
+        if state.get("format") != CKPT_FORMAT and "epoch" not in state:  # neither a training checkpoint nor best_model.pt
+            raise CardError(f"{path} is not a fasttrain checkpoint (no model card, no training state); pass "
+                            f"best_model.pt, a checkpoints/ckpt_*.pt file or an exported .safetensors bundle")
         guess = guess_run_dir(path)
         raise CardError(f"checkpoint {path} has no model card (written before fasttrain stored one); pass "
                         f"--run-dir {guess} (the run directory holding its config.toml and data cache)")
@@ -108,19 +112,25 @@ class LoadedModel:
     path: Path
     card: dict[str, Any]
     module: torch.nn.Module
-    kind: str  # "checkpoint", "best_model" or "bundle"
     weights: str  # "model" or "ema"
 
     def pixels_to_logits(self) -> PixelsToLogits:
         return PixelsToLogits(self.module, self.card["mean"], self.card["std"]).eval()
 
+    def network(self, device: torch.device) -> PixelsToLogits:
+        """What eval, the report and predict run: pixels_to_logits on `device`, channels_last as training ran it
+        (uint8 NHWC batches permuted to NCHW are channels_last already), eval mode, float32."""
+        return self.pixels_to_logits().to(device).to(memory_format=torch.channels_last)
+
+    @property
+    def tta(self) -> str:
+        """The run's [eval] tta, from the card: what eval and predict use unless told otherwise."""
+        return card_tta(self.card)
+
     def check_images(self) -> np.ndarray:
         """The card's own real images (uint8 NHWC), possibly empty."""
         images = self.card.get("check_images")
         return images.numpy() if torch.is_tensor(images) else np.zeros((0, 1, 1, 3), np.uint8)
-
-    def class_label(self, index: int) -> tuple[str, str]:
-        return self.card["class_ids"][index], self.card["class_names"][index]
 
 
 def _open_checkpoint(path: Path, run_dir, ema: bool) -> LoadedModel:
@@ -131,15 +141,15 @@ def _open_checkpoint(path: Path, run_dir, ema: bool) -> LoadedModel:
         raise CheckpointError(f"{path} is not a fasttrain checkpoint (no model weights in it); pass best_model.pt, "
                               f"a checkpoints/ckpt_*.pt file or an exported .safetensors bundle")
     card = card_from_state(state, path, run_dir)
-    kind = "checkpoint" if "optimizer" in state else "best_model"
     weights = state["model"]
     if ema:
         if state.get("ema") is None:
-            raise UserError(f"{path} holds no EMA weights ({'a best_model.pt file keeps the plain model only' if kind == 'best_model' else 'the run had train.ema = false'}); "
+            why = "the run had train.ema = false" if "optimizer" in state else "a best_model.pt file keeps the plain model only"
+            raise UserError(f"{path} holds no EMA weights ({why}); "
                             f"drop --ema or pass a training checkpoint of a run with train.ema = true")
         weights = state["ema"]
     module = load_weights(model_from_card(card), weights, str(path))
-    return LoadedModel(path, card, module.eval(), kind, "ema" if ema else "model")
+    return LoadedModel(path, card, module.eval(), "ema" if ema else "model")
 
 
 def _open_bundle(path: Path, ema: bool) -> LoadedModel:
@@ -166,7 +176,7 @@ def _open_bundle(path: Path, ema: bool) -> LoadedModel:
     if BUNDLE_CHECK_IMAGES in tensors:
         card["check_images"] = tensors.pop(BUNDLE_CHECK_IMAGES)
     module = load_weights(model_from_card(card), tensors, str(path))
-    return LoadedModel(path, card, module.eval(), "bundle", card.get("weights", "model"))
+    return LoadedModel(path, card, module.eval(), card.get("weights", "model"))
 
 
 def _is_export_archive(path: Path) -> bool:
@@ -180,7 +190,9 @@ def _is_export_archive(path: Path) -> bool:
 
 
 def open_model(path: str | os.PathLike, *, run_dir: str | os.PathLike | None = None, ema: bool = False) -> LoadedModel:
-    """Open a checkpoint (.pt) or safetensors bundle; every problem is one UserError line naming the file."""
+    """Open a checkpoint (.pt) or safetensors bundle by its model card; every problem is one UserError line naming
+    the file. `run_dir`: a checkpoint written before checkpoints carried a card gets it from its run directory;
+    `ema`: a training checkpoint's EMA weights."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (pass best_model.pt, a checkpoints/ckpt_*.pt file or an "

@@ -24,6 +24,8 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="for a checkpoint written before checkpoints carried their model card: its run directory")
     p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="test-time augmentation (default: the run's [eval] tta, kept in the model card, as eval uses)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", metavar="PATH", help="also write one JSON object per image (JSON Lines) to PATH")
@@ -35,18 +37,19 @@ def predict_parser() -> argparse.ArgumentParser:
 
 @torch.no_grad()
 def predict_files(loaded, paths: list[Path], *, topk: int, batch_size: int, device: torch.device,
-                  on_failure=None) -> list[dict]:
+                  tta: str | None = None, on_failure=None) -> list[dict]:
     """One record per decodable file: {"path", "topk": [{class_index, class_id, class_name, probability}, ...]}.
 
-    `on_failure(path, reason)` is called for every file that cannot be decoded.
+    The network and test-time augmentation are eval's (LoadedModel.network, engine.evaluate.tta_logits; `tta`
+    None: the card's). `on_failure(path, reason)` is called for every file that cannot be decoded.
     """
     from tqdm import tqdm
 
+    from fasttrain.engine.evaluate import tta_logits
     from fasttrain.inference.image_files import decoded_batches
 
-    net = loaded.pixels_to_logits().to(device)
-    if device.type == "cuda":
-        net.to(memory_format=torch.channels_last)
+    net = loaded.network(device)
+    tta = tta or loaded.tta
     records = []
     k = min(topk, loaded.card["num_classes"])
     with tqdm(total=len(paths), unit="img", desc="predict", disable=None if len(paths) > batch_size else True,
@@ -57,7 +60,7 @@ def predict_files(loaded, paths: list[Path], *, topk: int, batch_size: int, devi
                     on_failure(path, reason)
             if len(names):
                 batch = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2)  # NHWC memory: channels_last NCHW
-                probs = net(batch).float().softmax(dim=1)
+                probs = tta_logits(net, batch, tta).softmax(dim=1)
                 top_p, top_i = probs.topk(k, dim=1)
                 for path, p_row, i_row in zip(names, top_p.cpu().tolist(), top_i.cpu().tolist()):
                     records.append({"path": str(path), "topk": [
@@ -84,8 +87,12 @@ def csv_text(records: list[dict]) -> str:
 
 
 def format_line(record: dict) -> str:
-    hits = "  ".join(f"{h['class_id']} {h['class_name']!r} {h['probability']:.4f}" for h in record["topk"])
-    return f"{record['path']}: {hits}"
+    """`path: id 'name' p  …`; a class whose id is its name (ImageFolder's folders) is named once."""
+    def hit(h: dict) -> str:
+        label = repr(h["class_name"]) if h["class_id"] == h["class_name"] else f"{h['class_id']} {h['class_name']!r}"
+        return f"{label} {h['probability']:.4f}"
+
+    return f"{record['path']}: {'  '.join(hit(h) for h in record['topk'])}"
 
 
 def _check_output(path: str | None, flag: str) -> None:
@@ -116,7 +123,7 @@ def predict_main(argv: list[str]) -> int:
         failures.append(path)
         print(f"cannot read {path}: {reason}; skipped", file=sys.stderr, flush=True)
 
-    records = predict_files(loaded, paths, topk=args.topk, batch_size=args.batch_size, device=device,
+    records = predict_files(loaded, paths, topk=args.topk, batch_size=args.batch_size, device=device, tta=args.tta,
                             on_failure=report_failure)
     if args.json:
         atomic_write_text(args.json, jsonl_text(records))

@@ -35,11 +35,6 @@ def make_norm2d(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm kind {kind!r}")
 
 
-def has_affine_norm(kind: str) -> bool:
-    """Whether a norm layer of `kind` carries a scale we can zero (zero_init_residual)."""
-    return kind in ("bn", "gn")
-
-
 def norm_and_bias_names(model: nn.Module) -> set[str]:
     """Names of every normalisation layer's parameters and of every bias: what a model's no_weight_decay() lists."""
     names = set()
