@@ -62,6 +62,7 @@ def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
 def cfg_for(backend: str, **kw) -> DataConfig:
     kw.setdefault("image_size", SIZE)
     kw.setdefault("loader_workers", 0)
+    kw.setdefault("crop_scale", (0.08, 1.0))  # the study's RandomResizedCrop, which these statistics describe
     return DataConfig(backend=backend, **kw)
 
 
