@@ -41,7 +41,7 @@ class DataConfig:
     root: str = "data/synthetic"
     """Data set root (Tiny-ImageNet or ImageFolder layout)."""
     cache_dir: str = ""
-    """Decoded uint8 cache; empty means `<root>/process` (the study's convention)."""
+    """Decoded uint8 cache; empty means `<root>/process/<size>px-<hash>/`, one cache per set of decode parameters."""
     download: bool = False
     """Download Tiny-ImageNet into `root` when it is missing."""
     image_size: Annotated[int, Range(8)] = 64
@@ -80,13 +80,27 @@ class DataConfig:
     """Padding for augment = "pad_crop"."""
     hflip: Probability = 0.5
     """Probability of a horizontal flip in training."""
-    mean: tuple[float, float, float] = STUDY_MEAN
-    std: tuple[PositiveNumber, PositiveNumber, PositiveNumber] = STUDY_STD
+    mean: tuple[float, ...] = ()
+    """Per-channel (R, G, B) mean on the 0..1 scale; empty: from the data (the train split's own, computed at prepare
+    time; the study's values on Tiny-ImageNet and the synthetic set)."""
+    std: tuple[PositiveNumber, ...] = ()
+    """Per-channel std on the 0..1 scale; empty: from the data, as mean."""
     loader_workers: NonNegativeInt = 2
     """DataLoader worker processes of the reference pipeline."""
     output_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device_memory_cap_gb: float = 8.0
     """The torch pipeline keeps a split on the device only below this size."""
+    val_source: Literal["carve", "folder"] = "carve"
+    """Where the val split comes from: "carve" holds out val_ratio of each class of train/ (the study's rule; an
+    ImageFolder val/ is then the test split unless there is a test/); "folder" (ImageFolder only): its own val/
+    folder is the val split, test/ (if present) the test split."""
+
+    def __post_init__(self):
+        # "From the data" on Tiny-ImageNet and the synthetic set (prepared in its layout) is the study's measured
+        # values, the ones its runs used; an ImageFolder tree's are resolved from its cache (prepare.with_mean_std).
+        if self.source != "imagefolder":
+            object.__setattr__(self, "mean", self.mean or STUDY_MEAN)
+            object.__setattr__(self, "std", self.std or STUDY_STD)
 
 
 @dataclass(frozen=True)
@@ -335,6 +349,11 @@ def validate(cfg: Config, where: str = "config") -> None:
     d, t, o, s = cfg.data, cfg.train, cfg.optim, cfg.sched
     need(d.crop_scale[0] <= d.crop_scale[1], "data.crop_scale", f"must be [min, max] with min <= max, got {list(d.crop_scale)}")
     need(d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio", f"must be [min, max] with min <= max, got {list(d.crop_ratio)}")
+    need(len(d.mean) in (0, 3), "data.mean", f"must be a list of 3 numbers (R, G, B) or empty (from the data), got {list(d.mean)}")
+    need(len(d.std) in (0, 3), "data.std", f"must be a list of 3 numbers (R, G, B) or empty (from the data), got {list(d.std)}")
+    need(d.val_source == "carve" or d.source == "imagefolder", "data.val_source",
+         f'"{d.val_source}" is for ImageFolder trees; {d.source} keeps the study\'s rule (val_source = "carve": val held '
+         f"out of train/, the labelled val/ is the test split)")
     validate_augmentation(d, t.epochs, cfg.model.name, need)
     need(t.batch_size % t.grad_accum == 0, "train.grad_accum", f"({t.grad_accum}) must divide train.batch_size ({t.batch_size})")
     need(not (o.nesterov and o.name != "sgd"), "optim.nesterov", "applies to optim.name = \"sgd\" only")

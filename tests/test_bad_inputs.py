@@ -24,7 +24,7 @@ import torch
 from fasttrain.data.cache import file_sha256, open_cache
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.rundir import RunDir
-from tiny_runs import ROOT, run_cli, run_in_process, snapshot, subprocess_env, tiny_args
+from tiny_runs import ROOT, run_cli, run_in_process, snapshot, subprocess_env, tiny_args, tiny_cache_dir
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Setup:
         """A copy of the tree with its cache, the cache changed by `edit` (as if made by hand)."""
         root = self.scratch / "data"
         shutil.copytree(self.data, root)
-        edit(root / "process")
+        edit(tiny_cache_dir(root))
         return root
 
 
@@ -343,7 +343,7 @@ def test_corrupt_images_are_skipped_counted_and_named(setup, tmp_path):
     out = tmp_path / "run"
     result = run_in_process(tiny_args(root, out, "train.epochs=1", "train.max_steps=1", "data.source=tiny-imagenet"),
                             check=True)
-    cache = open_cache(root / "process", verify=True)
+    cache = open_cache(tiny_cache_dir(root), verify=True)
     assert len(cache.meta["skipped"]) == 2
     assert all(entry["path"].endswith(".JPEG") for entry in cache.meta["skipped"])
     assert cache.count("train") + cache.count("val") == 4 * 40 - 2
@@ -359,9 +359,9 @@ def test_a_hand_made_cache_that_fails_its_checks_is_named_and_rebuilt(setup, tmp
     result = run_in_process(tiny_args(root, tmp_path / "run", "train.epochs=1", "train.max_steps=1",
                                       "data.source=tiny-imagenet"), check=True)
     stale = [line for line in result.stdout.splitlines() if "is stale" in line]
-    assert len(stale) == 1 and str(root / "process" / named_file) in stale[0]
-    rebuilt = open_cache(root / "process", verify=True)
-    assert rebuilt.image_size == 32 and int(np.load(root / "process" / "labels_train.npy").max()) < 4
+    assert len(stale) == 1 and str(tiny_cache_dir(root) / named_file) in stale[0]
+    rebuilt = open_cache(tiny_cache_dir(root), verify=True)
+    assert rebuilt.image_size == 32 and int(np.load(tiny_cache_dir(root) / "labels_train.npy").max()) < 4
 
 
 def test_non_finite_loss_stops_before_saving_the_diverged_model(setup, tmp_path):

@@ -162,8 +162,9 @@ def test_real_entry_point_exit_status(tmp_path):
 
 def test_prepare_then_info(tin, capsys):
     status, out, _ = run(prepare_args(tin), capsys)
-    assert status == 0 and out.strip() == str(tin / "process")
-    status, out, _ = run(["info", tin / "process", "--verify"], capsys)
+    cache_dir = Path(out.strip())
+    assert status == 0 and cache_dir.parent == tin / "process" and cache_dir.name.startswith("32px-")
+    status, out, _ = run(["info", cache_dir, "--verify"], capsys)
     assert status == 0
     assert "train      9 images" in out and "val        3 images" in out and "test       6 images" in out
     assert "s0002" in out and "every sha256 checksum matches" in out

@@ -24,7 +24,7 @@ from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.rundir import RunDir
 from tiny_runs import (ROOT, STEPS_PER_EPOCH, FailingWrites, epoch_records, final_weights, logged_steps,
                        run_cli, run_in_process, same_weights, snapshot, step_records, subprocess_env, tiny_args,
-                       wait_for)
+                       tiny_cache_dir, wait_for)
 
 TESTS = Path(__file__).resolve().parent
 # Every resumable run here is the same 3-epoch run with a checkpoint every 3 steps (24 steps in all).
@@ -313,20 +313,23 @@ KILL = "os.kill(os.getpid(), signal.SIGKILL)"
 def test_kill_during_prepare_leaves_no_accepted_cache_and_next_prepare_rebuilds(data_root, reference, tmp_path,
                                                                                  hook, existing):
     root = copy_source(data_root, tmp_path / "data")
-    cache_dir = root / "process"
-    if existing:  # a cache with another split, being replaced
-        run_cli(prepare_args(root, "--val-ratio", "0.25"), module="fasttrain.data")
+    cache_dir = tiny_cache_dir(root)
+    temporary, old = f".{cache_dir.name}.tmp-*", f".{cache_dir.name}.old-*"
+    if existing:  # a damaged cache of the same parameters, being replaced
+        run_cli(prepare_args(root), module="fasttrain.data")
+        labels = cache_dir / "labels_train.npy"
+        labels.write_bytes(labels.read_bytes()[:-64])
     killed = hooked_prepare(hook, prepare_args(root))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert list(root.glob(".process.tmp-*")), "the kill left no temporary directory: it came too late"
+    assert list(cache_dir.parent.glob(temporary)), "the kill left no temporary directory: it came too late"
     with pytest.raises(CacheError):
         open_cache(cache_dir)
 
     rebuilt = run_cli(prepare_args(root), module="fasttrain.data")
     assert "built cache" in rebuilt.stderr
-    assert not list(root.glob(".process.tmp-*")) and not list(root.glob(".process.old-*"))
+    assert not list(cache_dir.parent.glob(temporary)) and not list(cache_dir.parent.glob(old))
     cache = open_cache(cache_dir, verify=True)
-    want = open_cache(data_root / "process").meta["splits"]
+    want = open_cache(tiny_cache_dir(data_root)).meta["splits"]
     assert {s: e["images"]["sha256"] for s, e in cache.meta["splits"].items()} == \
            {s: e["images"]["sha256"] for s, e in want.items()}
 
@@ -339,7 +342,7 @@ def test_training_after_a_killed_prepare_rebuilds_the_cache_and_trains(data_root
                                        "data.source=tiny-imagenet"), check=True)
     assert "built cache" in trained.stdout
     assert json.loads(RunDir(out).results.read_text())["steps"] == 2
-    open_cache(root / "process", verify=True)
+    open_cache(tiny_cache_dir(root), verify=True)
 
 
 # --- elastic restart under torchrun ------------------------------------------------------------------
@@ -426,7 +429,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 def test_flipped_byte_in_cached_images_is_refused_before_training_naming_the_file(data_root, reference, tmp_path):
     root = copy_data(data_root, tmp_path / "data")
-    images = root / "process" / "images_train.npy"
+    images = tiny_cache_dir(root) / "images_train.npy"
     flip_byte(images, images.stat().st_size // 2)
     before = snapshot(root / "process")
     out = tmp_path / "run"
@@ -443,7 +446,7 @@ def test_flipped_byte_in_cached_images_is_refused_before_training_naming_the_fil
 ])
 def test_damaged_cache_is_caught_named_and_rebuilt_before_training(data_root, reference, tmp_path, damage, fragment):
     root = copy_data(data_root, tmp_path / "data")
-    cache_dir = root / "process"
+    cache_dir = tiny_cache_dir(root)
     if damage.startswith("truncate"):
         labels = cache_dir / "labels_train.npy"
         labels.write_bytes(labels.read_bytes()[:-64])

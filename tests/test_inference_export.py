@@ -12,7 +12,7 @@ import torch
 from fasttrain.data.cache import open_cache
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.inference.loaded import open_model
-from tiny_runs import run_in_process, tiny_args
+from tiny_runs import run_in_process, tiny_args, tiny_cache_dir
 
 ROUND_TRIP = 1e-4  # max |logit difference| allowed relative to max(1, max |logit|), as export itself checks
 
@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     run = base / "run"
     run_in_process(tiny_args(base / "synthetic", run, "train.epochs=1", "train.ema=true", "train.ema_decay=0.5"),
                    check=True)
-    images, labels = open_cache(base / "synthetic" / "process").split("test")
+    images, labels = open_cache(tiny_cache_dir(base / "synthetic")).split("test")
     return run, ckpt_io.list_checkpoints(run / "checkpoints")[-1], np.array(images[:9])
 
 

@@ -14,7 +14,7 @@ import torch
 
 from fasttrain.data.cache import open_cache
 from fasttrain.engine import checkpoint as ckpt_io
-from tiny_runs import run_in_process, tiny_args
+from tiny_runs import run_in_process, tiny_args, tiny_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 
 def cache_of(base: Path):
-    return open_cache(base / "synthetic" / "process")
+    return open_cache(tiny_cache_dir(base / "synthetic"))
 
 
 def write_rgb(path: Path, rgb: np.ndarray) -> None:

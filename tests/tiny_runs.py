@@ -42,6 +42,14 @@ def tiny_args(data_root: Path, out: Path, *extra: str) -> list[str]:
     return args
 
 
+def tiny_cache_dir(data_root: Path) -> Path:
+    """The cache the tiny run reads under `data_root`: `<data_root>/process/32px-<hash>/`."""
+    from fasttrain.config import load_config
+    from fasttrain.data.prepare import cache_dir_for
+
+    return cache_dir_for(load_config(QUICKSTART, [f'data.root="{data_root}"', *TINY]).data)
+
+
 def tiny_trainer(data_root: Path, out: Path, *extra: str):
     """An in-process Trainer of the tiny run (built as `python -m fasttrain` builds it, single process; CPU, as TINY
     says, unless `extra` sets train.device)."""

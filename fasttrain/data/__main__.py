@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from fasttrain.errors import OneLineArgumentParser, run_cli
 
@@ -18,14 +19,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="decode a source into the cache (reused when up to date)")
     prepare.add_argument("--source", required=True, choices=["tiny-imagenet", "imagefolder"])
-    prepare.add_argument("--root", required=True, help="data set directory (the cache goes to ROOT/process/)")
+    prepare.add_argument("--root", required=True,
+                         help="data set directory (caches go to ROOT/process/<size>px-<hash>/, one per size and split)")
     prepare.add_argument("--download", action="store_true", help="fetch and extract tiny-imagenet-200.zip into ROOT")
     prepare.add_argument("--image-size", type=int, default=64, help="cached images are SIZE x SIZE (default 64)")
     prepare.add_argument("--val-ratio", type=float, default=0.2, help="share of each class held out as val (0.2)")
     prepare.add_argument("--seed", type=int, default=0, help="seed of the train/val split (0)")
+    prepare.add_argument("--val-source", choices=["carve", "folder"], default="carve",
+                         help="carve: hold out --val-ratio of train/ as val (the study's rule; an ImageFolder val/ is "
+                              "then test unless test/ exists); folder: an ImageFolder tree's own val/ is val, test/ test")
     prepare.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores, one per 2000 images at most)")
     prepare.add_argument("--strict", action="store_true", help="fail on the first unreadable image instead of skipping")
-    prepare.add_argument("--cache-dir", default=None, help="cache location (default ROOT/process)")
+    prepare.add_argument("--cache-dir", default=None,
+                         help="this one cache's location (default ROOT/process/<size>px-<hash>/); a cache of other "
+                              "parameters there is refused, not replaced")
     prepare.add_argument("--no-rebuild", action="store_true", help="fail instead of rebuilding a stale cache")
 
     synth = commands.add_parser("synth", help="write the learnable synthetic data set (Tiny-ImageNet layout)")
@@ -37,8 +44,9 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=1, help="processes writing files (same bytes for any count)")
 
-    info = commands.add_parser("info", help="counts, sizes and classes of a cache; --verify checks every checksum")
-    info.add_argument("cache_dir")
+    info = commands.add_parser("info", help="counts, sizes and classes of a cache, or the list of a data root's caches; "
+                                            "--verify checks every checksum")
+    info.add_argument("cache_dir", help="a cache, or a data root (or its process/ folder) to list its caches")
     info.add_argument("--verify", action="store_true", help="also check the sha256 of every file (reads it all)")
     for sub in (prepare, synth, info):
         sub.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -49,11 +57,45 @@ def _megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _split_line(meta: dict) -> str:
+    split = meta["split"]
+    if split.get("val_source") == "folder":
+        line = f"val from the source's {split.get('val_from')}/ folder"
+    else:
+        line = f"val carved: val_ratio {split['val_ratio']}, seed {split['seed']}, stratified per class"
+    test_from = split.get("test_from", meta["source"].get("test_from"))
+    return line + (f"; test from {test_from}/" if test_from else "; no test split")
+
+
+def _print_cache_list(path: str, verify: bool) -> None:
+    from fasttrain.data.cache import CacheError, describe_params, find_caches, open_cache
+
+    found = find_caches(path)
+    if not found:
+        open_cache(path)  # the one-line error of a path that is neither a cache nor holds any
+    print(f"{len(found)} cache{'' if len(found) == 1 else 's'} under {path}:")
+    for cache_dir in found:
+        try:
+            cache = open_cache(cache_dir, verify=verify)
+        except CacheError as err:
+            if verify:
+                raise
+            print(f"  {cache_dir.name:<20} unusable: {err}")
+            continue
+        counts = ", ".join(f"{split} {cache.count(split)}" for split in cache.splits)
+        size = sum(entry[kind]["bytes"] for entry in cache.meta["splits"].values() for kind in ("images", "labels"))
+        print(f"  {cache_dir.name:<20} {describe_params(cache.params)}; {counts}; {_megabytes(size)}")
+    if verify:
+        print("verify     every sha256 checksum of every cache matches")
+
+
 def _print_info(cache_dir: str, verify: bool) -> None:
     import numpy as np
 
-    from fasttrain.data.cache import open_cache
+    from fasttrain.data.cache import META_NAME, open_cache
 
+    if not (Path(cache_dir) / META_NAME).is_file() and Path(cache_dir).is_dir():
+        return _print_cache_list(cache_dir, verify)
     cache = open_cache(cache_dir, verify=verify)
     meta = cache.meta
     source = meta["source"]
@@ -61,7 +103,10 @@ def _print_info(cache_dir: str, verify: bool) -> None:
     print(f"format     version {meta['format_version']}, {meta.get('created_by', '?')}")
     print(f"source     {source['kind']} at {source['root']} (fingerprint {source['fingerprint'][:16]}…)")
     print(f"images     {cache.image_size}x{cache.image_size} RGB uint8, {cache.num_classes} classes")
-    print(f"split      val_ratio {meta['split']['val_ratio']}, seed {meta['split']['seed']}, stratified per class")
+    print(f"split      {_split_line(meta)}")
+    stats = meta.get("pixel_stats")
+    if stats:
+        print(f"mean/std   train split: mean {stats['mean']}, std {stats['std']} (0..1 scale)")
     counts = {}
     for split in cache.splits:
         entry = meta["splits"][split]
@@ -88,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         from fasttrain.data.prepare import prepare_cache
 
         path = prepare_cache(args.source, args.root, cache_dir=args.cache_dir, image_size=args.image_size,
-                             val_ratio=args.val_ratio, seed=args.seed, workers=args.workers, strict=args.strict,
+                             val_ratio=args.val_ratio, seed=args.seed, val_source=args.val_source,
+                             workers=args.workers, strict=args.strict,
                              download=args.download, rebuild=not args.no_rebuild)
         print(path)
     elif args.command == "synth":

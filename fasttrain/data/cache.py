@@ -1,10 +1,16 @@
-"""The on-disk uint8 cache: per-split images/labels .npy files plus meta.json; open, check, verify, publish atomically.
+"""The on-disk uint8 cache: per-split images/labels .npy files plus meta.json; one per set of decode parameters;
+open, check, verify, publish atomically.
 
 Layout of a cache directory::
 
-    meta.json               format version, source, classes, split record, per-file shape/size/sha256, skipped files
+    meta.json               format version, source, decode parameters, classes, split record, the train split's
+                            per-channel mean/std, per-file shape/size/sha256, skipped files
     images_<split>.npy      uint8 (N, H, W, 3), RGB, readable with np.load(mmap_mode="r")
     labels_<split>.npy      int64 (N,), values in [0, num_classes)
+
+Caches of one data root live side by side in `<root>/process/<size>px-<hash>/`, the hash of their decode
+parameters (`decode_params`): another image size, val ratio, split seed or val source is another cache,
+never a rebuild of this one.
 
 A cache is built in a hidden temporary sibling directory and renamed into place only after
 every file and meta.json (written last) are fsynced, so a directory with the cache's name is
@@ -13,7 +19,9 @@ always complete; a leftover temporary directory is never opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import uuid
 from pathlib import Path
@@ -25,11 +33,79 @@ from fasttrain.errors import UserError
 
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
+CACHES_DIRNAME = "process"  # <root>/process/, the study's convention, holds a data root's caches
 SPLIT_NAMES = ("train", "val", "test")
 
 
 class CacheError(UserError):
     """A cache that is missing, incomplete, of another format version, truncated or fails its checksums."""
+
+
+def decode_params(source_kind: str, image_size: int, val_ratio: float, seed: int, val_source: str) -> dict:
+    """What decides a cache's content besides the source files; each distinct set has its own cache directory.
+
+    val_ratio and seed only shape a carved val split, so with val_source "folder" they are left out.
+    """
+    carve = val_source == "carve"
+    return {"source_kind": source_kind, "image_size": int(image_size), "val_source": val_source,
+            "val_ratio": float(val_ratio) if carve else None, "seed": int(seed) if carve else None}
+
+
+def cache_name(params: dict) -> str:
+    """`<size>px-<8 hex digits of the parameters' hash>`: the directory name of a cache under `<root>/process/`."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{params['image_size']}px-{digest}"
+
+
+def describe_params(params: dict) -> str:
+    """The decode parameters in words, e.g. "32px tiny-imagenet, val carved (val_ratio 0.2, seed 0)"."""
+    if params.get("val_source") == "folder":
+        val = "val from the val/ folder"
+    else:
+        val = f"val carved (val_ratio {params.get('val_ratio')}, seed {params.get('seed')})"
+    return f"{params.get('image_size')}px {params.get('source_kind')}, {val}"
+
+
+def params_of(meta: dict) -> dict:
+    """The decode parameters a cache's meta.json records (caches from before val_source carved their val split)."""
+    built = meta.get("build_params", {})
+    return decode_params(built.get("source_kind", meta.get("source", {}).get("kind")),
+                         built.get("image_size", meta.get("image_size")), built.get("val_ratio", 0.0),
+                         built.get("seed", 0), built.get("val_source", "carve"))
+
+
+def pixel_sums(pixels: np.ndarray) -> tuple[int, list[int], list[int]]:
+    """(values per channel, per-channel sum, per-channel sum of squares) of uint8 (N, H, W, 3) images.
+
+    Exact integers, so the statistics do not depend on how the images were split across workers.
+    """
+    flat = np.asarray(pixels).reshape(-1, 3)
+    sums = flat.sum(axis=0, dtype=np.uint64)
+    squares = np.square(flat, dtype=np.uint32).sum(axis=0, dtype=np.uint64)
+    return flat.shape[0], [int(x) for x in sums], [int(x) for x in squares]
+
+
+def pixel_stats_record(count: int, sums: list[int], squares: list[int], images: int) -> dict:
+    """meta.json's "pixel_stats": per-channel mean and (population) std of the train split, on the 0..1 scale."""
+    if count == 0:
+        return {}
+    mean = [s / count / 255.0 for s in sums]
+    # integer numerator: no cancellation error in E[x^2] - E[x]^2
+    std = [math.sqrt(max(sq * count - s * s, 0)) / count / 255.0 for s, sq in zip(sums, squares)]
+    return {"split": "train", "images": int(images), "mean": [round(x, 6) for x in mean],
+            "std": [round(x, 6) for x in std],
+            "method": "per RGB channel over every pixel of the train split's images as cached (uint8 / 255)"}
+
+
+def stats_of_split(images: np.ndarray, block: int = 1024) -> dict:
+    """The pixel_stats record of a cached split, read in blocks (for caches written before meta.json held it)."""
+    total, sums, squares = 0, [0, 0, 0], [0, 0, 0]
+    for first in range(0, len(images), block):
+        n, s, sq = pixel_sums(images[first:first + block])
+        total += n
+        sums = [a + b for a, b in zip(sums, s)]
+        squares = [a + b for a, b in zip(squares, sq)]
+    return pixel_stats_record(total, sums, squares, len(images))
 
 
 def images_name(split: str) -> str:
@@ -92,6 +168,19 @@ class Cache:
     def count(self, name: str) -> int:
         return int(self.meta["splits"][name]["count"])
 
+    @property
+    def params(self) -> dict:
+        """The decode parameters it was built with (`decode_params`)."""
+        return params_of(self.meta)
+
+    def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """Per-channel mean and std (0..1 scale) of the train split: meta.json's record, else computed from it."""
+        stats = self.meta.get("pixel_stats") or stats_of_split(self.split("train")[0])
+        if not stats or min(stats["std"]) <= 0:
+            raise CacheError(f"the train split of {self.path} has no pixel variation to normalise by; set data.mean "
+                             f"and data.std in the config")
+        return tuple(stats["mean"]), tuple(stats["std"])
+
     def __repr__(self) -> str:
         counts = ", ".join(f"{s}={self.count(s)}" for s in self.splits)
         return f"Cache({str(self.path)!r}, classes={self.num_classes}, size={self.image_size}, {counts})"
@@ -101,7 +190,8 @@ def _prepare_hint(cache_dir: Path) -> str:
     return f"python -m fasttrain.data prepare --source SOURCE --root DATA --cache-dir {cache_dir}"
 
 
-def _load_meta(cache_dir: Path) -> dict:
+def read_meta(cache_dir: Path) -> dict:
+    """meta.json of a cache, checked for format version and the keys every cache has (the files are not checked)."""
     meta_path = cache_dir / META_NAME
     if not cache_dir.is_dir():
         raise CacheError(f"no cache at {cache_dir}; build it with: {_prepare_hint(cache_dir)} (SOURCE: tiny-imagenet "
@@ -148,7 +238,7 @@ def open_cache(cache_dir: str | os.PathLike, *, verify: bool = False) -> Cache:
     Raises CacheError (a UserError) naming the offending file on any problem.
     """
     cache_dir = Path(cache_dir)
-    meta = _load_meta(cache_dir)
+    meta = read_meta(cache_dir)
     size = int(meta["image_size"])
     num_classes = len(meta["class_ids"])
     if len(meta["class_names"]) != num_classes or num_classes == 0:
@@ -171,6 +261,18 @@ def open_cache(cache_dir: str | os.PathLike, *, verify: bool = False) -> Cache:
                     raise CacheError(f"{path} fails its sha256 checksum (content changed or corrupt); "
                                      f"rebuild the cache")
     return Cache(cache_dir, meta)
+
+
+def find_caches(path: str | os.PathLike) -> list[Path]:
+    """The caches at `path`: itself if it is one, else the caches in it and in its process/ folder, by name."""
+    path = Path(path)
+    if (path / META_NAME).is_file():
+        return [path]
+    found = []
+    for folder in (path, path / CACHES_DIRNAME):
+        if folder.is_dir():
+            found += [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and (p / META_NAME).is_file()]
+    return found
 
 
 # --- building: temporary directory, fsync, one rename -------------------------------------------

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fasttrain.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TINY_IMAGENET_DIRNAME = "tiny-imagenet-200"
+# Where the val split comes from: "carve" holds out val_ratio of each class of the training images (the
+# study's rule); "folder" takes an ImageFolder tree's own val/ folder.
+VAL_SOURCES = ("carve", "folder")
 
 
 class SourceLayoutError(UserError):
@@ -21,10 +24,11 @@ class SourceLayoutError(UserError):
 class SourceListing:
     """Everything prepare needs from a source: classes, labelled files, and a content fingerprint.
 
-    `train` holds the source's training images (later split into train/val); `test` holds its
-    labelled held-out images (Tiny-ImageNet's val/, ImageFolder's test/ or val/), possibly empty.
-    Paths are strings under `root` (cheap for 100,000 files); lists are sorted so the same tree
-    always gives the same order.
+    `train` holds the source's training images (split into train/val when `val_source` is "carve");
+    `val` holds the source's own val images when `val_source` is "folder" (else empty); `test` holds its
+    labelled held-out images (Tiny-ImageNet's val/, ImageFolder's test/, or its val/ when that is not the
+    val split), possibly empty. `test_from` / `val_from` name the folders they came from. Paths are strings
+    under `root` (cheap for 100,000 files); lists are sorted so the same tree always gives the same order.
     """
 
     kind: str
@@ -35,6 +39,9 @@ class SourceListing:
     test: list[tuple[str, int]]
     test_from: str | None
     fingerprint: str
+    val_source: str = "carve"
+    val: list[tuple[str, int]] = field(default_factory=list)
+    val_from: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -113,7 +120,10 @@ class TinyImageNetSource:
                                 f"(or in {nested}); use --download to fetch it, or --source imagefolder "
                                 f"for a train/<class>/ tree")
 
-    def list(self) -> SourceListing:
+    def list(self, val_source: str = "carve") -> SourceListing:
+        if val_source != "carve":
+            raise UserError(f"val_source {val_source!r} is for ImageFolder trees; Tiny-ImageNet keeps the study's rule "
+                            f"(val held out of train/, its labelled val/ is the test split): use val_source \"carve\"")
         root = self.data_dir()
         wnids_file = root / "wnids.txt"
         class_ids = [line.strip() for line in wnids_file.read_text().splitlines() if line.strip()]
@@ -189,8 +199,10 @@ class TinyImageNetSource:
 
 
 class ImageFolderSource:
-    """The ImageFolder layout: train/<class>/* required, test/<class>/* (else val/<class>/*) as the labelled test split.
+    """The ImageFolder layout: train/<class>/* required; optional val/<class>/* and test/<class>/*.
 
+    With val_source "carve" (the study's rule) val is held out of train/ and the labelled test split is
+    test/ (else val/); with "folder" val/ is the val split and test/ (if present) the test split.
     Classes are the train/ sub-folders sorted by name; image files are .jpg .jpeg .png .bmp .webp
     (any case, searched recursively), other files are ignored.
     """
@@ -201,7 +213,7 @@ class ImageFolderSource:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).absolute()
 
-    def list(self) -> SourceListing:
+    def list(self, val_source: str = "carve") -> SourceListing:
         root = _require_root(self.root, self.expected)
         train_dir = root / "train"
         if not train_dir.is_dir():
@@ -213,10 +225,24 @@ class ImageFolderSource:
         index = {name: i for i, name in enumerate(class_ids)}
         train = self._labelled_files(train_dir, index, require_every_class=True)
 
-        test_from = next((name for name in ("test", "val") if (root / name).is_dir()), None)
+        if val_source == "folder":
+            if not (root / "val").is_dir():
+                raise SourceLayoutError(f"val_source \"folder\" needs {root / 'val'} with val/<class>/ image files; "
+                                        f"add it, or set val_source \"carve\" to hold out val_ratio of train/")
+            val = self._labelled_files(root / "val", index, require_every_class=False)
+            if not val:
+                raise SourceLayoutError(f"{root / 'val'} holds no image files in class folders (val/<class>/*); "
+                                        f"add them, or set val_source \"carve\" to hold out val_ratio of train/")
+            val_from, test_from = "val", ("test" if (root / "test").is_dir() else None)
+        else:
+            val, val_from = [], None
+            test_from = next((name for name in ("test", "val") if (root / name).is_dir()), None)
         test = self._labelled_files(root / test_from, index, require_every_class=False) if test_from else []
-        fingerprint = _fingerprint(self.kind, root, class_ids, {"train": train, "test": test}, [])
-        return SourceListing(self.kind, root, class_ids, list(class_ids), train, test, test_from, fingerprint)
+        # "carve" keeps the fingerprint of earlier versions (no val entry), so their caches stay valid
+        lists = {"train": train, "test": test, **({"val": val} if val_source == "folder" else {})}
+        fingerprint = _fingerprint(self.kind, root, class_ids, lists, [])
+        return SourceListing(self.kind, root, class_ids, list(class_ids), train, test, test_from, fingerprint,
+                             val_source, val, val_from)
 
     @staticmethod
     def _labelled_files(split_dir: Path, index: dict[str, int], *, require_every_class: bool) -> list[tuple[str, int]]:

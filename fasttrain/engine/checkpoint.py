@@ -222,8 +222,10 @@ def _check_batch(cache) -> torch.Tensor:
 
 def build_card(cfg, cache) -> dict[str, Any]:
     """The card of a model trained with `cfg` on `cache` (an opened fasttrain.data.cache.Cache)."""
+    from fasttrain.data.prepare import with_mean_std
     from fasttrain.engine.runtime import model_knobs_for
 
+    data = with_mean_std(cfg.data, cache)
     return {
         "format": CARD_FORMAT,
         "model": cfg.model.name,
@@ -232,9 +234,10 @@ def build_card(cfg, cache) -> dict[str, Any]:
         "class_ids": list(cache.class_ids),
         "class_names": list(cache.class_names),
         "image_size": int(cache.image_size),
-        "mean": [float(x) for x in cfg.data.mean],
-        "std": [float(x) for x in cfg.data.std],
+        "mean": [float(x) for x in data.mean],
+        "std": [float(x) for x in data.std],
         "cache_dir": str(Path(cache.path).absolute()),
+        "cache_params": cache.params,
         "check_images": _check_batch(cache),
         "tta": cfg.eval.tta,
     }

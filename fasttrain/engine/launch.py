@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import json
@@ -40,6 +41,21 @@ def open_dataset(cfg: DataConfig, info: DistInfo):
     if error is not None:
         raise UserError(error)
     return cache if info.is_main else open_cache(cache_dir_for(cfg))
+
+
+def with_data_mean_std(cfg: Config, cache, log) -> Config:
+    """`cfg` whose data.mean/std are concrete: an empty one ("from the data") becomes the cache's train split's own.
+
+    config.toml keeps what the user wrote; checkpoints and their model card hold the values used.
+    """
+    from fasttrain.data.prepare import with_mean_std
+
+    data = with_mean_std(cfg.data, cache)
+    if data == cfg.data:
+        return cfg
+    log(f"data: normalising with the train split's own mean {[round(x, 4) for x in data.mean]} / std "
+        f"{[round(x, 4) for x in data.std]} ({cache.path}/meta.json)")
+    return dataclasses.replace(cfg, data=data)
 
 
 def _oom_error(cfg: Config, info: DistInfo) -> UserError:
@@ -136,14 +152,18 @@ def _train_holding_lock(cfg: Config, cfg_name: str, run_dir: Path, resume: str |
     if start.finished:
         log(f"{run_dir} already holds a finished run (results.json); nothing to do")
         return None
-    changes = {}
+    changes, trained = {}, cfg
     if start.state is not None:  # a changed config is refused before any data work
-        changes = ckpt_io.changed_on_resume(to_dict(from_dict(start.state["config"], str(start.path))), to_dict(cfg),
+        stored = from_dict(start.state["config"], str(start.path))
+        # "from the data" (empty data.mean/std) continues with the values the run was trained with (the checkpoint's)
+        trained = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, mean=cfg.data.mean or stored.data.mean,
+                                                                    std=cfg.data.std or stored.data.std))
+        changes = ckpt_io.changed_on_resume(to_dict(stored), to_dict(trained),
                                             epoch=start.state["epoch"], checkpoint=start.path)
     cache = open_dataset(cfg.data, info)
     try:
-        trainer = Trainer(cfg, cfg_name=cfg_name, run_dir=run_dir, info=info, cache=cache,
-                          resume_state=start.state, resume_path=start.path, log=log)
+        trainer = Trainer(with_data_mean_std(trained, cache, log), cfg_name=cfg_name, run_dir=run_dir, info=info,
+                          cache=cache, resume_state=start.state, resume_path=start.path, log=log)
         if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
             if changes:
                 log(f"config: changed at this resume, from step {trainer.step} on: "
