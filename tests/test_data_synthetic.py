@@ -101,3 +101,23 @@ def test_tiny_cnn_learns_the_synthetic_data(tmp_path, one_torch_thread):
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     print(f"synthetic: {epochs} epochs in {time.monotonic() - started:.1f} s, test accuracy {accuracy:.3f}")
     assert accuracy > 0.8, f"test accuracy {accuracy:.3f} after {epochs} epochs (chance is 0.1)"
+
+
+def test_another_image_size_regenerates_the_tree_but_keeps_the_other_sizes_caches(tmp_path, caplog):
+    """Issue 20 item 2 on the synthetic set (its files are drawn at the image size): 32 → 48 → 32 px reuses the
+    32 px cache, untouched, instead of building it again."""
+    import dataclasses
+    import logging
+
+    from fasttrain.config import DataConfig
+    from fasttrain.data.prepare import build_cache
+
+    cfg = DataConfig(root=str(tmp_path / "s"), image_size=32, synth_classes=3, synth_per_class=4,
+                     synth_val_per_class=2, prepare_workers=1)
+    first = build_cache(cfg).path
+    stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()}
+    assert build_cache(dataclasses.replace(cfg, image_size=48)).image_size == 48
+    caplog.set_level(logging.INFO, logger="fasttrain.data")
+    again = build_cache(cfg)
+    assert again.path == first and again.image_size == 32 and "up to date" in caplog.text
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in first.iterdir()} == stamps

@@ -21,6 +21,7 @@ import numpy as np
 
 from fasttrain.atomic import fsync_dir, remove_replace_leftovers, replace_dir
 from fasttrain.atomic import exclusive_lock
+from fasttrain.data.cache import CACHES_DIRNAME
 from fasttrain.data.prepare import pool_context
 from fasttrain.errors import UserError
 
@@ -204,8 +205,8 @@ def write_synthetic(out: str | os.PathLike, *, classes: int = 10, per_class: int
     """Write (or find already written) the synthetic Tiny-ImageNet-layout tree at `out`; return `out`.
 
     Same parameters → byte-identical files, whatever the number of `workers` (processes). A tree already there with the same parameters (its
-    marker file says so) is returned at once; one with other parameters is replaced; a
-    non-empty directory that is not a synthetic tree is never touched (UserError).
+    marker file says so) is returned at once; one with other parameters is replaced, keeping its
+    process/ folder of caches; a non-empty directory that is not a synthetic tree is never touched (UserError).
     """
     params = {"generator_version": GENERATOR_VERSION, "classes": _check("classes", classes, 2, 10000),
               "per_class": _check("per_class", per_class, 2, 100000),
@@ -236,6 +237,9 @@ def write_synthetic(out: str | os.PathLike, *, classes: int = 10, per_class: int
                       params["seed"], workers)
             (staging / MARKER_NAME).write_text(json.dumps(params) + "\n")
             fsync_dir(staging)
+            caches = out / CACHES_DIRNAME
+            if caches.is_dir():  # the caches of other sizes stay: going back to a size regenerates the same files
+                os.rename(caches, staging / CACHES_DIRNAME)
             replace_dir(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
