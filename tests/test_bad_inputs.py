@@ -93,6 +93,10 @@ def remove_wnids(root: Path) -> None:
     next(root.rglob("wnids.txt")).unlink()
 
 
+def remove_val_folder(root: Path) -> None:
+    shutil.rmtree(root / "val")
+
+
 def rewrite_meta(cache_dir: Path, change: Callable[[dict], None]) -> None:
     meta = json.loads((cache_dir / "meta.json").read_text())
     change(meta)
@@ -273,6 +277,18 @@ ROWS = {
     "resume-extending-a-cosine-run": Row(lambda s: tiny_args(s.data, s.unfinished, "train.epochs=4")
                                          + ["--resume", "auto"], 2,
                                          "train.epochs 1 → 4 (under sched.name = 'cosine' the lr of every step", "in"),
+    # caches per size, mean/std from the data, val_source (issue 20 items 2, 12, 13)
+    "val-source-folder-on-tiny-imagenet-layout": Row(lambda s: fresh(s, "data.val_source=folder"), 2,
+                                                     '[data] val_source "folder" is for ImageFolder trees'),
+    "mean-of-two-values": Row(lambda s: fresh(s, "data.mean=[0.5, 0.5]"), 2,
+                              "[data] mean must be a list of 3 numbers (R, G, B) or empty (from the data)"),
+    "explicit-cache-dir-of-another-size": Row(lambda s: fresh(s, "data.source=tiny-imagenet", "data.image_size=48",
+                                                              f'data.cache_dir="{tiny_cache_dir(s.data)}"'), 2,
+                                              "holds the cache of 32px tiny-imagenet", "in"),
+    "imagefolder-val-source-folder-without-val": Row(lambda s: fresh(s, "data.source=imagefolder",
+                                                                     f'data.root="{s.source_copy(remove_val_folder)}"',
+                                                                     "data.val_source=folder"), 2,
+                                                     'val_source "folder" needs', "in"),
 }
 
 
