@@ -1,4 +1,4 @@
-"""The study's reported test top-1 per model (STUDY.md), and which runs they may be set beside."""
+"""The study's reported test top-1 per model (docs/STUDY.md), and which runs they may be set beside."""
 
 from __future__ import annotations
 
