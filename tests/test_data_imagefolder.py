@@ -155,3 +155,16 @@ def test_a_run_keeps_the_users_val_folder_as_val(tree, tmp_path):
     assert "val/ → val" in trained.stdout + trained.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["best_val_top1"] is not None and results.get("test_top1") is None
+
+
+def test_an_imagefolder_run_resumes_with_the_mean_std_it_was_trained_with(tree, tmp_path):
+    """Empty data.mean/std ("from the data") on resume means the checkpoint's values: not a changed config."""
+    out = tmp_path / "run"
+    args = folder_args(tree, out, "train.max_steps=4")
+    run_in_process(args, check=True)
+    (out / "results.json").unlink()  # stopped: checkpoints, no results
+    resumed = run_in_process(args + ["--resume", "auto"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert ckpt_io.load_trusted(ckpt_io.list_checkpoints(out / "checkpoints")[-1])["card"]["mean"] == \
+        open_cache(cache_dir_for(load_config(QUICKSTART, [f'data.root="{tree}"', *TINY,
+                                                          "data.source=imagefolder"]).data)).meta["pixel_stats"]["mean"]
