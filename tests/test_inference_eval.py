@@ -13,7 +13,7 @@ import torch
 
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.rundir import RunDir
-from tiny_runs import STEPS_PER_EPOCH, run_in_process, tiny_args
+from tiny_runs import STEPS_PER_EPOCH, run_in_process, tiny_args, tiny_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_eval_of_best_model_pt_and_of_a_bundle_reads_the_cache_named_in_the_card
 def test_eval_of_a_model_whose_cache_moved_names_data_and_works_with_it(flip_run, tmp_path):
     base, run, _ = flip_run
     best = str(RunDir(run).best_model)
-    where = base / "synthetic" / "process"
+    where = tiny_cache_dir(base / "synthetic")  # <root>/process/32px-<hash>/
     expected = printed_json(["eval", "--ckpt", best, "--json"])
     moved = tmp_path / "moved_cache"
     where.rename(moved)
