@@ -43,21 +43,6 @@ def open_dataset(cfg: DataConfig, info: DistInfo):
     return cache if info.is_main else open_cache(cache_dir_for(cfg))
 
 
-def with_data_mean_std(cfg: Config, cache, log) -> Config:
-    """`cfg` whose data.mean/std are concrete: an empty one ("from the data") becomes the cache's train split's own.
-
-    config.toml keeps what the user wrote; checkpoints and their model card hold the values used.
-    """
-    from fasttrain.data.prepare import with_mean_std
-
-    data = with_mean_std(cfg.data, cache)
-    if data == cfg.data:
-        return cfg
-    log(f"data: normalising with the train split's own mean {[round(x, 4) for x in data.mean]} / std "
-        f"{[round(x, 4) for x in data.std]} ({cache.path}/meta.json)")
-    return dataclasses.replace(cfg, data=data)
-
-
 def _oom_error(cfg: Config, info: DistInfo) -> UserError:
     per_rank = cfg.train.batch_size // info.world_size
     return UserError(
@@ -162,7 +147,7 @@ def _train_holding_lock(cfg: Config, cfg_name: str, run_dir: Path, resume: str |
                                             epoch=start.state["epoch"], checkpoint=start.path)
     cache = open_dataset(cfg.data, info)
     try:
-        trainer = Trainer(with_data_mean_std(trained, cache, log), cfg_name=cfg_name, run_dir=run_dir, info=info,
+        trainer = Trainer(trained, cfg_name=cfg_name, run_dir=run_dir, info=info,
                           cache=cache, resume_state=start.state, resume_path=start.path, log=log)
         if info.is_main:  # only now: a refused start or resume leaves the run directory as it was
             if changes:

@@ -4,6 +4,7 @@ checkpoints, results."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -106,15 +107,32 @@ class InterruptRequest:
         return all_reduce_sum(votes, self.info).item() > 0
 
 
+def with_data_mean_std(cfg: Config, cache, log) -> Config:
+    """`cfg` whose data.mean/std are concrete: an empty one ("from the data") becomes the cache's train split's own.
+
+    The Trainer resolves it itself, so every builder of a Trainer (the CLI, the benchmarks, the tests) trains on the
+    same numbers; config.toml keeps what the user wrote; checkpoints and their model card hold the values used.
+    """
+    from fasttrain.data.prepare import with_mean_std
+
+    data = with_mean_std(cfg.data, cache)
+    if data == cfg.data:
+        return cfg
+    log(f"data: normalising with the train split's own mean {[round(x, 4) for x in data.mean]} / std "
+        f"{[round(x, 4) for x in data.std]} ({cache.path}/meta.json)")
+    return dataclasses.replace(cfg, data=data)
+
+
 class Trainer:
     """Owns one training run: build in a fixed order, train, evaluate, checkpoint, report."""
 
     def __init__(self, cfg: Config, *, cfg_name: str, run_dir: Path, info: DistInfo, cache,
                  resume_state: dict | None = None, resume_path: Path | None = None,
                  log: Callable[[str], None] = print):
+        self.log = log if info.is_main else (lambda msg: None)
+        cfg = with_data_mean_std(cfg, cache, self.log)
         self.cfg, self.cfg_name, self.info, self.cache = cfg, cfg_name, info, cache
         self.run_dir = RunDir(run_dir)
-        self.log = log if info.is_main else (lambda msg: None)
         self.device = info.device
         self.plan = batch_sizes(cfg, world_size=info.world_size, train_size=len(cache.split("train")[0]), where=cfg_name)
         determinism_note = configure_backends(cfg.train, self.device)
