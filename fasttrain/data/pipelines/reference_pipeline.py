@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from fasttrain.config import DataConfig
-from fasttrain.data.pipelines.augment import ERASE_RATIO, ERASE_SCALE, MODES, device_erasing, torch_batch_seed
+from fasttrain.data.pipelines.augment import ERASE_RATIO, ERASE_SCALE, MODES, torch_batch_seed
 from fasttrain.data.pipelines.base import BatchPipeline
 
 
@@ -35,7 +35,7 @@ def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
 def with_erasing(transform: transforms.Compose, cfg: DataConfig, train: bool) -> transforms.Compose:
     """The transform followed by torchvision's RandomErasing (after Normalize) in training: this backend erases
     per sample (the parity baseline for the device erasing of the others)."""
-    if not train or cfg.erasing <= 0 or device_erasing(cfg, "reference") > 0:
+    if not train or cfg.erasing <= 0:
         return transform
     return transforms.Compose([transform, transforms.RandomErasing(p=cfg.erasing, scale=ERASE_SCALE, ratio=ERASE_RATIO)])
 
