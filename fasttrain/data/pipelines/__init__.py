@@ -18,14 +18,17 @@ if TYPE_CHECKING:
     from fasttrain.data.pipelines.base import BatchPipeline
 
 __all__ = ["BACKENDS", "BatchPipeline", "build_pipeline", "resolve_backend"]
-_LAZY = {"resolve_backend": "fasttrain.data.pipelines.backend_choice", "BatchPipeline": "fasttrain.data.pipelines.base"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    if name == "resolve_backend":
+        from fasttrain.data.pipelines.backend_choice import resolve_backend
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return resolve_backend
+    if name == "BatchPipeline":
+        from fasttrain.data.pipelines.base import BatchPipeline
+
+        return BatchPipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
