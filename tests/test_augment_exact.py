@@ -47,7 +47,8 @@ RECORDED = {
 
 def case_config(case: str) -> DataConfig:
     backend, augment, *extra = case.split("@")[0].split("-", 2)
-    options = dict(backend=backend, augment=augment, image_size=32, loader_workers=0)
+    # crop_scale as it was when the digests were recorded (the default became (0.35, 1) since)
+    options = dict(backend=backend, augment=augment, image_size=32, loader_workers=0, crop_scale=(0.08, 1.0))
     if extra == ["erasing"]:
         options.update(erasing=0.5)
     elif extra == ["progressive"]:
