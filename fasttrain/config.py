@@ -14,7 +14,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from fasttrain.augment_rules import validate_augmentation
 from fasttrain.errors import did_you_mean
 from fasttrain.models.registry import check_knobs
 from fasttrain.schema import ConfigError, Range, build_dataclass, coerce  # noqa: F401  ConfigError, coerce: this module's API too
@@ -56,7 +55,7 @@ class DataConfig:
     synth_val_per_class: int = 50
     backend: Literal["auto", "dali", "torch", "reference"] = "auto"
     """Input pipeline; "auto" picks the fastest measured for the device (see README)."""
-    augment: Literal["rrc", "pad_crop", "none", "randaugment", "trivialaugment"] = "rrc"
+    augment: str = "rrc"
     """Train augmentation: RandomResizedCrop (the study's), pad-and-random-crop, none, or RandomResizedCrop + flip
     followed by RandAugment / TrivialAugmentWide (dali and reference backends; DALI's nvidia.dali.auto_aug)."""
     randaugment_n: int = 2
@@ -355,6 +354,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     need(d.val_source == "carve" or d.source == "imagefolder", "data.val_source",
          f'"{d.val_source}" is for ImageFolder trees; {d.source} keeps the study\'s rule (val_source = "carve": val held '
          f"out of train/, the labelled val/ is the test split)")
+    from fasttrain.data.pipelines.augment import validate_augmentation  # its modes and rules; torch-free
+
     validate_augmentation(d, t.epochs, cfg.model.name, need)
     need(t.batch_size % t.grad_accum == 0, "train.grad_accum", f"({t.grad_accum}) must divide train.batch_size ({t.batch_size})")
     need(not (o.nesterov and o.name != "sgd"), "optim.nesterov", "applies to optim.name = \"sgd\" only")

@@ -12,8 +12,8 @@ from torchvision import transforms
 from fasttrain.config import DataConfig
 from fasttrain.data.pipelines import build_pipeline
 from fasttrain.data.pipelines.backend_choice import dali_importable
-from fasttrain.data.pipelines.erasing import erase, erasing_rng, sample_erase_boxes
-from fasttrain.data.pipelines.progressive import epoch_image_size, schedule_sizes
+from fasttrain.data.pipelines.augment import Purpose, batch_rng, epoch_image_size, sample_erase_boxes, schedule_sizes
+from fasttrain.data.pipelines.batch_ops import erase
 from fasttrain.errors import UserError
 
 needs_dali = pytest.mark.skipif(not dali_importable(), reason="needs nvidia-dali")
@@ -91,9 +91,9 @@ def test_reference_backend_uses_torchvision_policies_and_erasing(images):
 
 
 def test_erase_boxes_follow_torchvision_rule_and_are_a_function_of_the_batch():
-    boxes = sample_erase_boxes(erasing_rng(1, 2, 0, 1, 3), 4000, 32, 32, probability=0.5)
-    again = sample_erase_boxes(erasing_rng(1, 2, 0, 1, 3), 4000, 32, 32, probability=0.5)
-    other = sample_erase_boxes(erasing_rng(1, 2, 0, 1, 4), 4000, 32, 32, probability=0.5)
+    boxes = sample_erase_boxes(batch_rng(1, 2, 0, 1, 3, Purpose.ERASE), 4000, 32, 32, probability=0.5)
+    again = sample_erase_boxes(batch_rng(1, 2, 0, 1, 3, Purpose.ERASE), 4000, 32, 32, probability=0.5)
+    other = sample_erase_boxes(batch_rng(1, 2, 0, 1, 4, Purpose.ERASE), 4000, 32, 32, probability=0.5)
     assert np.array_equal(boxes.top, again.top) and np.array_equal(boxes.height, again.height)
     assert not np.array_equal(boxes.height, other.height)
     erased = boxes.height > 0
@@ -105,7 +105,7 @@ def test_erase_boxes_follow_torchvision_rule_and_are_a_function_of_the_batch():
 
 def test_erase_zeroes_exactly_the_boxes():
     images = torch.ones(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    from fasttrain.data.pipelines.erasing import EraseBoxes
+    from fasttrain.data.pipelines.augment import EraseBoxes
 
     boxes = EraseBoxes(np.array([1, 0, 5]), np.array([2, 0, 0]), np.array([3, 0, 2]), np.array([4, 0, 8]))
     out = erase(images, boxes)
@@ -162,3 +162,44 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror():
     assert torch.allclose(tta_logits(model, images, "flip"), expected)
     assert torch.equal(tta_logits(model, images, "none"), model(images))
     assert not torch.allclose(expected, model(images))
+
+
+def test_erase_moves_its_boxes_to_the_device_in_one_copy_per_batch():
+    """A host→device copy from pageable memory makes the host wait on CUDA: the boxes of a batch travel together.
+    Counted on the meta device, where every .to(device) is a real dispatched copy (on CPU it is a no-op)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fasttrain.data.pipelines.augment import EraseBoxes
+
+    class CountCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.to_meta = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            source = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default) and source is not None:
+                target = out if func is torch.ops.aten._to_copy.default else args[0]
+                moved_from = source if func is torch.ops.aten._to_copy.default else args[1]
+                self.to_meta += moved_from.device.type == "cpu" and target.device.type == "meta"
+            return out
+
+    images = torch.empty(5, 3, 8, 8, device="meta")
+    boxes = EraseBoxes(*(np.arange(5, dtype=np.int64) for _ in range(4)))
+    with CountCopies() as counter:
+        out = erase(images, boxes)
+    assert out.shape == images.shape and counter.to_meta == 1
+
+
+@needs_dali
+def test_dali_policy_epoch_prints_no_deprecation_warning(images, capfd):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for policy in ("randaugment", "trivialaugment"):
+            epoch_batches(pipeline(images, DataConfig(image_size=32, backend="dali", augment=policy)), 0)
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning) or "deprecated" in str(w.message)]
+    printed = capfd.readouterr()
+    assert "deprecated" not in printed.err + printed.out

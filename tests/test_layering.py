@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fasttrain"
 # the schema machinery, the typed config, the run-directory names and the suite manifest (all torch-free).
 LAYERS = {
     "fasttrain.errors": 0, "fasttrain.atomic": 0, "fasttrain.schema": 0, "fasttrain.rundir": 0,
-    "fasttrain.config": 0, "fasttrain.suite_manifest": 0, "fasttrain.augment_rules": 0,
+    "fasttrain.config": 0, "fasttrain.suite_manifest": 0,
     "fasttrain.data": 1,
     "fasttrain.models": 2,
     "fasttrain.engine": 3,

@@ -374,3 +374,34 @@ def test_torch_backend_resume_moves_only_the_rest_of_the_pass():
     pipe.load_state_dict({"epoch": 0, "position": 10})
     before = pipe.transfers
     assert len(collect(pipe)[0]) == 6 and pipe.transfers - before == 3
+
+
+def test_torch_non_resident_path_equals_the_resident_path_bit_for_bit():
+    """A split over data.device_memory_cap_gb (here 0) is gathered on the host by worker threads, two batches ahead;
+    its batches, a mid-epoch resume and a pass abandoned midway must all give the resident path's exact bytes."""
+    import dataclasses
+
+    images, labels = coordinate_images(200, 32)
+    kw = dict(train=True, batch_size=24, device=CPU, seed=6)
+    for augment in ("rrc", "pad_crop", "none"):
+        cfg = cfg_for("torch", image_size=32, augment=augment)
+        resident_pipe = build_pipeline(cfg, images, labels, **kw)
+        staged_pipe = build_pipeline(dataclasses.replace(cfg, device_memory_cap_gb=0.0), images, labels, **kw)
+        assert resident_pipe.resident and not staged_pipe.resident
+        for epoch in (0, 1):
+            resident_pipe.set_epoch(epoch)
+            staged_pipe.set_epoch(epoch)
+            expected, got = collect(resident_pipe), collect(staged_pipe)
+            assert len(got[0]) == len(expected[0]) == 200 // 24
+            for a, b in zip(expected[0] + expected[1], got[0] + got[1]):
+                assert a.dtype == b.dtype and torch.equal(a, b)
+        resident_pipe.set_epoch(2)
+        expected_x, expected_y = collect(resident_pipe)
+        staged_pipe.set_epoch(2)
+        for _ in zip(range(3), staged_pipe):  # abandon the pass after 3 batches
+            pass
+        staged_pipe.load_state_dict({"epoch": 2, "position": 2})
+        got_x, got_y = collect(staged_pipe)
+        assert len(got_x) == len(expected_x) - 2
+        for a, b in zip(expected_x[2:] + expected_y[2:], got_x + got_y):
+            assert a.dtype == b.dtype and torch.equal(a, b)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fasttrain.atomic import atomic_write_json
 from fasttrain.config import Config, TrainConfig, to_dict
-from fasttrain.data.pipelines.progressive import schedule_sizes
+from fasttrain.data.pipelines.augment import schedule_sizes
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.checkpoint import build_card, capture_rng, restore_rng, seed_everything
 from fasttrain.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object

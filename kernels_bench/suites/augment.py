@@ -10,12 +10,12 @@ import torch
 
 from fasttrain.config import DataConfig
 from fasttrain.data.pipelines import build_pipeline
+from fasttrain.data.pipelines.augment import POLICY_MODES
 from fasttrain.data.pipelines.backend_choice import dali_importable
 import statistics
 import time
 
 DEVICES = ("cpu", "cuda")
-POLICIES = ("randaugment", "trivialaugment")
 # Loader cases: (label, augment, erasing, backends that run it)
 LOADER_CASES = (
     ("rrc", "rrc", 0.0, ("reference", "torch", "dali")),
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
 
     parity: dict[str, dict] = {}
     images = smooth_images(samples, size)
-    for policy in POLICIES:
+    for policy in POLICY_MODES:
         cfg = DataConfig(image_size=size, augment=policy)
         row = {"reference": policy_statistics(dataclasses.replace(cfg, backend="reference"), images, device, batch)}
         if have_dali:

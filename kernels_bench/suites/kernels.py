@@ -94,7 +94,7 @@ def _crop_cases(batch: int, device: torch.device, repeats: int) -> list[dict]:
     from fasttrain.data.pipelines import build_pipeline
     from fasttrain.data.pipelines.backend_choice import dali_importable
     from fasttrain.data.pipelines.base import normalize_scale_shift
-    from fasttrain.data.pipelines.sampling import sample_crop_params
+    from fasttrain.data.pipelines.augment import sample_crop_params
     from fasttrain.data.pipelines.torch_pipeline import CropResizeNormalize, window_rows
 
     size, batches = 64, 4

@@ -1,17 +1,35 @@
-"""Input pipelines: one builder, three backends (dali, torch, reference) with identical sharding, resume and output format."""
+"""Input pipelines: one builder, three backends (dali, torch, reference) with identical sharding, resume and output format.
+
+Importing the package stays torch-free (the config's validation asks `augment`); the backends load on use.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from fasttrain.config import DataConfig
-from fasttrain.data.pipelines.backend_choice import BACKENDS, resolve_backend
-from fasttrain.data.pipelines.augment_policies import check_policy_backend
-from fasttrain.data.pipelines.base import BatchPipeline
-from fasttrain.data.pipelines.batch_ops import TrainBatchOps, needs_batch_ops
+from fasttrain.data.pipelines.augment import BACKENDS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from fasttrain.config import DataConfig
+    from fasttrain.data.pipelines.backend_choice import resolve_backend
+    from fasttrain.data.pipelines.base import BatchPipeline
 
 __all__ = ["BACKENDS", "BatchPipeline", "build_pipeline", "resolve_backend"]
+
+
+def __getattr__(name: str):
+    if name == "resolve_backend":
+        from fasttrain.data.pipelines.backend_choice import resolve_backend
+
+        return resolve_backend
+    if name == "BatchPipeline":
+        from fasttrain.data.pipelines.base import BatchPipeline
+
+        return BatchPipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_pipeline(
@@ -34,10 +52,14 @@ def build_pipeline(
     `backend` is a name resolve_backend already returned (the Trainer resolves once per run); None resolves
     data_cfg.backend here.
     """
+    from fasttrain.data.pipelines.augment import check_backend, needs_batch_ops
+    from fasttrain.data.pipelines.backend_choice import resolve_backend
+    from fasttrain.data.pipelines.batch_ops import TrainBatchOps
+
     if backend is None:
         backend, _ = resolve_backend(data_cfg.backend, device)
     if train:  # evaluation never augments, so any backend evaluates a policy-trained model
-        check_policy_backend(data_cfg, backend)
+        check_backend(data_cfg.augment, backend)
     pipe = _backend_pipeline(backend, data_cfg, images, labels, train=train, batch_size=batch_size, rank=rank,
                              world_size=world_size, device=device, seed=seed)
     return TrainBatchOps(pipe, data_cfg) if needs_batch_ops(data_cfg, backend, train) else pipe
@@ -45,6 +67,8 @@ def build_pipeline(
 
 def _backend_pipeline(backend: str, data_cfg: DataConfig, images: np.ndarray, labels: np.ndarray, *, train: bool,
                       batch_size: int, rank: int, world_size: int, device: torch.device, seed: int) -> BatchPipeline:
+    import torch
+
     kwargs = dict(train=train, batch_size=batch_size, rank=rank, world_size=world_size, device=torch.device(device), seed=seed)
     if backend == "torch":
         from fasttrain.data.pipelines.torch_pipeline import TorchPipeline

@@ -1,12 +1,11 @@
-"""Which backend runs: the explicit choice checked, or "auto" resolved from measured throughput."""
+"""Which backend runs: the explicit choice checked, or "auto" resolved by device and what is installed."""
 
 from __future__ import annotations
 
 import torch
 
+from fasttrain.data.pipelines.augment import BACKENDS
 from fasttrain.errors import UserError
-
-BACKENDS = ("dali", "torch", "reference")
 
 DALI_MISSING = (
     "DALI requested but not installed: pip install nvidia-dali-cuda130 (CUDA 13) or nvidia-dali-cuda120, "
@@ -24,11 +23,9 @@ def dali_importable() -> bool:
 
 
 def resolve_backend(name: str, device: torch.device) -> tuple[str, str]:
-    """(backend, reason). "auto" follows `python -m kernels_bench loader` (64x64, batch 256, train
-    augmentation): on a 2-core CPU DALI's CPU mode measured fastest (about 3x the torch backend and
-    over 20x reference while other work shared the cores), so auto takes it when DALI imports and
-    torch otherwise; on CUDA auto takes torch, which keeps the uint8 split on the GPU and needs no
-    host work or copies per batch (GPU figures: run the benchmark with --device cuda)."""
+    """(backend, reason). "auto": on CUDA the torch backend, which keeps the uint8 split on the GPU and needs
+    no host work or copies per batch; elsewhere DALI's CPU mode when DALI imports, torch otherwise. Which is
+    fastest on a given machine is what `python -m kernels_bench loader` measures there."""
     device = torch.device(device)
     if name == "auto":
         if device.type == "cuda":

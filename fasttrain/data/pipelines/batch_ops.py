@@ -4,17 +4,39 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fasttrain.config import DataConfig
+from fasttrain.data.pipelines.augment import EraseBoxes, batch_erase_boxes, device_erasing, epoch_image_size
 from fasttrain.data.pipelines.base import BatchPipeline
-from fasttrain.data.pipelines.erasing import erase, erasing_rng, sample_erase_boxes
-from fasttrain.data.pipelines.progressive import epoch_image_size, resize_batch
 
 
-def needs_batch_ops(cfg: DataConfig, backend: str, train: bool) -> bool:
-    # The reference backend erases per sample with torchvision's RandomErasing (the parity baseline).
-    return train and ((cfg.erasing > 0 and backend != "reference") or cfg.progressive_start_size > 0)
+def erase(images: torch.Tensor, boxes: EraseBoxes) -> torch.Tensor:
+    """Zero each sample's box in an NCHW batch (any memory format) in one masked fill on its device.
+
+    The boxes travel in one host→device copy, from pinned memory on CUDA so it does not make the host wait."""
+    count, _, height, width = images.shape
+    device = images.device
+    packed = torch.from_numpy(np.stack([boxes.top, boxes.left, boxes.height, boxes.width]).astype(np.int64))
+    if device.type == "cuda":
+        packed = packed.pin_memory()
+    top, left, box_h, box_w = packed.to(device, non_blocking=True)[:, :, None].unbind(0)
+    rows = torch.arange(height, device=device)[None]
+    cols = torch.arange(width, device=device)[None]
+    in_rows = (rows >= top) & (rows < top + box_h)
+    in_cols = (cols >= left) & (cols < left + box_w)
+    mask = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # N, 1, H, W
+    return images.masked_fill(mask, 0)
+
+
+def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """An NCHW batch resized on its device (bilinear, antialiased), channels_last kept."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    out = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return out.to(images.dtype).contiguous(memory_format=torch.channels_last)
 
 
 class TrainBatchOps:
@@ -27,7 +49,7 @@ class TrainBatchOps:
 
     def __init__(self, inner: BatchPipeline, cfg: DataConfig):
         self.inner, self.cfg = inner, cfg
-        self.erasing = cfg.erasing if inner.backend != "reference" else 0.0
+        self.erasing = device_erasing(cfg, inner.backend)
 
     backend = property(lambda self: self.inner.backend)
     num_samples = property(lambda self: self.inner.num_samples)
@@ -54,6 +76,6 @@ class TrainBatchOps:
             state = self.inner.state_dict()
             epoch, batch = state["epoch"], state["position"] - 1
             if self.erasing > 0:
-                rng = erasing_rng(plan.seed, epoch, plan.rank, plan.world_size, batch)
-                images = erase(images, sample_erase_boxes(rng, images.shape[0], images.shape[2], images.shape[3], self.erasing))
+                images = erase(images, batch_erase_boxes(self.cfg, self.backend, plan.seed, epoch, plan.rank, plan.world_size,
+                                                         batch, images.shape[0], images.shape[2], images.shape[3]))
             yield resize_batch(images, self.image_size(epoch)), labels

@@ -10,24 +10,34 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from fasttrain.config import DataConfig
-from fasttrain.data.pipelines.augment_policies import crop_mode, is_policy, torchvision_policy, with_erasing
+from fasttrain.data.pipelines.augment import ERASE_RATIO, ERASE_SCALE, MODES, torch_batch_seed
 from fasttrain.data.pipelines.base import BatchPipeline
 
 
 def study_transform(cfg: DataConfig, augment: str) -> transforms.Compose:
-    """ToPILImage → (RandomResizedCrop | RandomCrop with padding) → RandomHorizontalFlip → ToTensor → Normalize."""
+    """ToPILImage → (RandomResizedCrop | RandomCrop with padding) → RandomHorizontalFlip → policy → ToTensor → Normalize."""
     steps: list = [transforms.ToPILImage()]
-    augment, policy = crop_mode(augment), augment
-    if augment == "rrc":
+    mode = MODES[augment]
+    if mode.crop == "rrc":
         steps.append(transforms.RandomResizedCrop(cfg.image_size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)))
-    elif augment == "pad_crop":
+    elif mode.crop == "pad_crop":
         steps.append(transforms.RandomCrop(cfg.image_size, padding=cfg.pad))
-    if augment != "none":
+    if mode.crop != "none":
         steps.append(transforms.RandomHorizontalFlip(cfg.hflip))
-    if is_policy(policy):
-        steps.append(torchvision_policy(cfg))
+    if augment == "randaugment":
+        steps.append(transforms.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m))
+    elif augment == "trivialaugment":
+        steps.append(transforms.TrivialAugmentWide())
     steps += [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
     return transforms.Compose(steps)
+
+
+def with_erasing(transform: transforms.Compose, cfg: DataConfig, train: bool) -> transforms.Compose:
+    """The transform followed by torchvision's RandomErasing (after Normalize) in training: this backend erases
+    per sample (the parity baseline for the device erasing of the others)."""
+    if not train or cfg.erasing <= 0:
+        return transform
+    return transforms.Compose([transform, transforms.RandomErasing(p=cfg.erasing, scale=ERASE_SCALE, ratio=ERASE_RATIO)])
 
 
 class _SeededBatches(Dataset):
@@ -77,7 +87,8 @@ class ReferencePipeline(BatchPipeline):
         )
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.batches = [(batch, self.plan.batch_seed(epoch, k))
+        plan = self.plan
+        self.sampler.batches = [(batch, torch_batch_seed(plan.seed, epoch, plan.rank, plan.world_size, k))
                                 for k, batch in enumerate(self.plan.batches(epoch, start), start)]
         if not self.sampler.batches:
             return

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from fasttrain.data.pipelines.augment import MODES, CropParams, batch_crops
 from fasttrain.data.pipelines.base import BatchPipeline, normalize_scale_shift
-from fasttrain.data.pipelines.sampling import CropParams, sample_crop_params
 
 
 def _axis_taps(start: torch.Tensor, length: torch.Tensor, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,22 +84,22 @@ class CropResizeNormalize:
 
 class TorchPipeline(BatchPipeline):
     """Batched tensor-op augmentation. The whole split lives on the device when it fits under
-    data.device_memory_cap_gb (on CPU the cache memmap is used in place); otherwise each batch is
-    gathered on the host into pinned memory and copied non_blocking one batch ahead of use."""
+    data.device_memory_cap_gb (on CPU the cache memmap is used in place); otherwise each batch is gathered
+    on the host by worker threads into one of two (pinned) buffers two batches ahead of use, and copied to
+    the device on a side stream one batch ahead, so neither the gather nor the copy holds up the compute stream."""
 
     backend = "torch"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.kernel = CropResizeNormalize(*normalize_scale_shift(self.cfg), self.device)
-        cap_bytes = self.cfg.device_memory_cap_gb * (1 << 30)
-        self.resident = self.device.type == "cpu" or self.images.nbytes <= cap_bytes
+        self.resident = self.images.nbytes <= self.cfg.device_memory_cap_gb * (1 << 30)
         if self.resident:
             with warnings.catch_warnings():
                 # a read-only memmap is fine: the pipeline never writes to it
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 self.stored = torch.from_numpy(self.images).to(self.device)
-        self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._staging: _HostStaging | None = None
         self.transfers = 0
         """Host→device copies so far: three per pass (its plan) when the split lives on the device."""
 
@@ -115,48 +117,98 @@ class TorchPipeline(BatchPipeline):
         crop windows/flips of batches start, start+1, … (each batch's randomness still its own stream)."""
         flat = np.concatenate(batches)
         windows = None
-        if self.augment != "none":
-            rows = [window_rows(sample_crop_params(
-                self.plan.batch_rng(epoch, start + k), len(indices), self.images.shape[1], self.images.shape[2],
-                augment=self.augment, output_size=self.cfg.image_size, scale=self.cfg.crop_scale,
-                ratio=self.cfg.crop_ratio, pad=self.cfg.pad, hflip=self.cfg.hflip)) for k, indices in enumerate(batches)]
+        if MODES[self.augment].crop != "none":
+            plan, (height, width) = self.plan, self.images.shape[1:3]
+            rows = [window_rows(batch_crops(self.cfg, self.augment, plan.seed, epoch, plan.rank, plan.world_size, start + k,
+                                            len(indices), height, width)) for k, indices in enumerate(batches)]
             windows = self._to_device(np.concatenate(rows))
         return self._to_device(flat), self._to_device(self.labels[flat]), windows
-
-    def _stage(self, indices: np.ndarray, on_device: torch.Tensor, slot: int) -> torch.Tensor:
-        """Start moving one batch of uint8 images to the device (`on_device`: its indices, already there)."""
-        if self.resident:
-            return self.stored.index_select(0, on_device)
-        pinned = self.device.type == "cuda"
-        while len(self._staging) <= slot:
-            buffer = torch.empty((self.plan.batch_size,) + self.images.shape[1:], dtype=torch.uint8, pin_memory=pinned)
-            self._staging.append((buffer, None))
-        buffer, in_flight = self._staging[slot]
-        if in_flight is not None:
-            in_flight.synchronize()  # the previous copy out of this buffer must finish before we overwrite it
-        host = buffer[: len(indices)]
-        np.take(self.images, indices, axis=0, out=host.numpy())
-        self.transfers += 1  # the images themselves, when the split does not live on the device
-        moved = host.to(self.device, non_blocking=True)
-        done = None
-        if pinned:
-            done = torch.cuda.Event()
-            done.record()
-        self._staging[slot] = (buffer, done)
-        return moved
 
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self.plan.batches(epoch, start)
         if not batches:
             return
-        size, pad = self.cfg.image_size, self.cfg.pad if self.augment == "pad_crop" else 0
+        size = self.cfg.image_size
+        pad = self.cfg.pad if MODES[self.augment].crop == "pad_crop" else 0
         indices, labels, windows = self._pass_plan(epoch, start, batches)
         bounds = np.cumsum([0] + [len(b) for b in batches]).tolist()
-        upcoming = self._stage(batches[0], indices[: bounds[1]], 0)
-        for k in range(len(batches)):
-            current = upcoming
-            if k + 1 < len(batches):
-                upcoming = self._stage(batches[k + 1], indices[bounds[k + 1] : bounds[k + 2]], (k + 1) % 2)
+        if self.resident:
+            uint8_batches = (self.stored.index_select(0, indices[bounds[k] : bounds[k + 1]]) for k in range(len(batches)))
+        else:
+            if self._staging is None:
+                self._staging = _HostStaging(self.images, self.plan.batch_size, self.device)
+            uint8_batches = self._staging.batches(batches)
+            self.transfers += len(batches)  # the images themselves, when the split does not live on the device
+        for k, current in enumerate(uint8_batches):
             rows = slice(bounds[k], bounds[k + 1])
             images = self.kernel(current, None if windows is None else windows[rows], size, pad)
             yield images.to(self.output_dtype), labels[rows]
+
+
+class _HostStaging:
+    """The non-resident path: batches of a host split gathered by worker threads (np.take on slices of the batch,
+    which releases the GIL) into two (pinned, on CUDA) buffers, started two batches ahead, and copied to the
+    device on a side stream one batch ahead; the compute stream waits for a copy only where it uses it."""
+
+    def __init__(self, images: np.ndarray, batch_size: int, device: torch.device):
+        self.images, self.device = images, device
+        self.on_cuda = device.type == "cuda"
+        self.buffers = [torch.empty((batch_size,) + images.shape[1:], dtype=torch.uint8, pin_memory=self.on_cuda)
+                        for _ in range(2)]
+        self.copied: list[torch.cuda.Event | None] = [None, None]  # the last copy out of each buffer
+        self.workers = max(1, min(4, os.cpu_count() or 1))
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fasttrain-gather")
+        self.copy_stream = torch.cuda.Stream(device) if self.on_cuda else None
+
+    def _gather(self, indices: np.ndarray, slot: int) -> list[Future]:
+        """Start filling buffer `slot` with images[indices] (after the buffer's previous copy has finished)."""
+        host = self.buffers[slot][: len(indices)].numpy()
+        event = self.copied[slot]
+
+        def part(rows: np.ndarray) -> None:
+            if event is not None:
+                event.synchronize()  # waits in the worker thread, never in the caller
+            np.take(self.images, indices[rows[0] : rows[-1] + 1], axis=0, out=host[rows[0] : rows[-1] + 1])
+
+        return [self.pool.submit(part, rows) for rows in np.array_split(np.arange(len(indices)), self.workers) if len(rows)]
+
+    def _copy(self, count: int, slot: int, gathered: list[Future]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """Start moving a gathered buffer to the device on the copy stream: (tensor, its copy's event)."""
+        for future in gathered:
+            future.result()
+        host = self.buffers[slot][:count]
+        if not self.on_cuda:
+            return host, None  # read by the kernel before this buffer is gathered into again
+        with torch.cuda.stream(self.copy_stream):
+            moved = host.to(self.device, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        self.copied[slot] = done
+        return moved, done
+
+    def _for_compute(self, moved: torch.Tensor, done: torch.cuda.Event | None) -> torch.Tensor:
+        """The copied batch, usable on the current (compute) stream: it waits for the copy on the device only."""
+        if done is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(done)
+            moved.record_stream(compute)  # allocated on the copy stream, freed only after the compute stream used it
+        return moved
+
+    def batches(self, batches: list[np.ndarray]) -> Iterator[torch.Tensor]:
+        """uint8 batches on the device, in order; the gather of batch k+2 runs while batch k is used."""
+        pending: dict[int, list[Future]] = {}
+        try:
+            for k in range(min(2, len(batches))):
+                pending[k] = self._gather(batches[k], k % 2)
+            upcoming = self._copy(len(batches[0]), 0, pending.pop(0))
+            for k in range(len(batches)):
+                current = upcoming
+                if k + 1 < len(batches):
+                    upcoming = self._copy(len(batches[k + 1]), (k + 1) % 2, pending.pop(k + 1))
+                yield self._for_compute(*current)
+                if k + 2 < len(batches):
+                    pending[k + 2] = self._gather(batches[k + 2], k % 2)
+        finally:  # an abandoned pass: let its gathers finish before a new pass reuses the buffers
+            for futures in pending.values():
+                for future in futures:
+                    future.result()
