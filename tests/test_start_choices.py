@@ -38,7 +38,7 @@ def test_amp_auto_on_cpu_is_measured_on_the_model_and_a_resume_keeps_the_choice(
         assert choice == ("bf16" if bf16 > fp32 else "fp32 (amp off)")
     chosen = "bf16" if choice == "bf16" else "off"
     assert f"| amp {chosen} |" in first.stdout
-    assert ckpt_io.load_checkpoint(ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1])["meta"]["amp"] == chosen
+    assert ckpt_io.load_checkpoint(ckpt_io.list_checkpoints(RunDir(run).checkpoints)[-1])["amp"] == chosen
 
     RunDir(run).results.unlink()
     resumed = run_in_process(args[:-2] + ["--set", "train.max_steps=0", "--resume", "auto"], check=True)
