@@ -95,18 +95,23 @@ def model_variants(model: torch.nn.Module, ema, best_state: dict | None) -> dict
     return {"model": model, "ema": ema.module if ema is not None else None, "best": best}
 
 
+def variants_on(split: str, variants: dict[str, torch.nn.Module | None]) -> dict[str, torch.nn.Module]:
+    """The variants judged on `split`: those given (not None); the best weights on test only (their val top-1 is
+    what made them best)."""
+    return {name: model for name, model in variants.items()
+            if model is not None and (name != "best" or split == "test")}
+
+
 def evaluate_variants(variants: dict[str, torch.nn.Module | None], pipes: dict[str, object], info: DistInfo, amp: str,
                       *, with_loss: bool = False, tta: str = "none") -> dict[str, float]:
     """One loop over variants × splits → '{prefix}{split}_top1' and '_top5' (prefixes: VARIANT_PREFIXES).
 
-    A variant given as None is skipped; the best weights are judged on test only (their val top-1 is what
-    made them best). `with_loss` adds the trained model's '{split}_loss'. Every rank runs the same sequence.
+    Each split sees `variants_on(split, variants)`. `with_loss` adds the trained model's '{split}_loss'. Every
+    rank runs the same sequence.
     """
     out: dict[str, float] = {}
     for split, pipe in pipes.items():
-        for variant, model in variants.items():
-            if model is None or (variant == "best" and split != "test"):
-                continue
+        for variant, model in variants_on(split, variants).items():
             scores = evaluate(model, pipe, info, amp, tta)
             prefix = VARIANT_PREFIXES[variant]
             if with_loss and variant == "model":

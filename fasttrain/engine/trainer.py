@@ -18,7 +18,7 @@ from fasttrain.data.pipelines.augment import schedule_sizes
 from fasttrain.engine import checkpoint as ckpt_io
 from fasttrain.engine.checkpoint import build_card, capture_rng, restore_rng, seed_everything
 from fasttrain.engine.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_object
-from fasttrain.engine.evaluate import evaluate_variants, model_variants
+from fasttrain.engine.evaluate import evaluate_variants, model_variants, variants_on
 from fasttrain.engine.metrics import MetricsWriter, TrainMetrics, mfu_inputs, progress_bar
 from fasttrain.engine.optim import batch_sizes, build_optimizer, build_scheduler
 from fasttrain.engine.runtime import (autocast, build_model, choose_cpu_amp, configure_backends, measure_cpu_amp,
@@ -393,8 +393,7 @@ class Trainer:
         """evaluate_variants over (model, EMA, best) × (val, test), one split at a time with a line before each."""
         variants, out = self._variants(with_best=True), {}
         for split, pipe in self.eval_pipes.items():
-            names = [name for name, model in variants.items() if model is not None and (name != "best" or split == "test")]
-            self.log(f"final evaluation: {', '.join(names)} on {split} ({self.cache.count(split):,} images) …")
+            self.log(f"final evaluation: {', '.join(variants_on(split, variants))} on {split} ({self.cache.count(split):,} images) …")
             out.update(evaluate_variants(variants, {split: pipe}, self.info, self.amp, tta=self.cfg.eval.tta))
         return out
 
