@@ -249,11 +249,9 @@ def software_versions(device: str) -> dict:
 
 
 def environment() -> dict:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
-    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_cores": cores,
+    from fasttrain.data.prepare import default_workers  # the cores this process may run on
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_cores": default_workers(),
             "processor": platform.processor() or platform.machine(),
             # other work on the machine skews throughput figures; record how busy it was
             "load_average_1m_at_start": load_average(),

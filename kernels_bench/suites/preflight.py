@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from kernels_bench.core import dali_importable, emit, gpu_driver, inductor_cache_state
+from kernels_bench.core import dali_importable, emit, environment, gpu_driver, inductor_cache_state
 
 # what the check imports: the box's own packages (no install step runs there)
 PACKAGES = ("torch", "torchvision", "triton", "timm", "numpy", "cv2", "tensorboard", "matplotlib", "onnx", "pytest",
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     dali_missing = packages["nvidia.dali"]["version"] is None
     result = {
         "python": sys.version.split()[0], "executable": sys.executable, "packages": packages, "missing": missing,
-        "gpu": gpu, "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpu": gpu, "cpu_cores": environment()["cpu_cores"],
         "fasttrain_from": os.path.dirname(fasttrain.__file__), "pythonpath": os.environ.get("PYTHONPATH", ""),
         "inductor_cache": inductor_cache_state(), "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
         "tmp_free_gib": round(tmp.free / 2**30, 1),
